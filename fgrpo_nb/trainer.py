@@ -252,7 +252,7 @@ def check_fgrpo_args(args, reward_funcs, phase_lambda: float, phase_scale: str) 
 
 # ---------------------------------------------------------------- one set-up for notebooks
 
-CPU_FRIENDLY = dict(bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no")
+CPU_FRIENDLY = dict(bf16=False, activation_checkpointing=False, report_to=[], save_strategy="no")
 
 
 def make_trainer(method: str, model, tokenizer, train_dataset, reward_funcs, *, phase_lambda: float = 1.0,

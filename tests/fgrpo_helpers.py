@@ -97,6 +97,7 @@ def config_kwargs(**overrides) -> dict:
         logging_steps=1,
         use_cpu=True,
         bf16=False,
+        activation_checkpointing=False,  # TRL turns it on by default; pointless and slow on CPU
         report_to=[],
         save_strategy="no",
         seed=0,
