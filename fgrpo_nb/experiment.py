@@ -1,0 +1,374 @@
+"""SFT warm start, then GRPO and F-GRPO from the same checkpoint, then greedy evaluation.
+
+Every unit of work writes into its own folder under the run and finishes by writing
+`done.json`; a rerun skips finished units, so an interrupted notebook resumes where it
+stopped. Layout under `<run_dir>/train/<dataset>/`:
+
+    seed<s>/sft/model/            safetensors checkpoint (every RL run starts here)
+    seed<s>/sft/eval_<split>.json metrics of greedy decoding
+    seed<s>/<method>/log.jsonl    one line per logged RL step (rewards per phase, advantages,
+                                  conflict rate, KL, loss, validity)
+    seed<s>/<method>/eval_<split>.json, per_query_<split>.jsonl, done.json
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from .episodes import Episode
+from .metrics import per_query, summarise
+from .prompts import PROMPT_TOKENS, label_to_id, pool_labels, relevant_labels, render_prompt
+from .rewards import make_reward_funcs
+from .rollout import parse_rollout, render_rollout
+from .teachers import Teacher, teacher_rollout_ids
+
+METHODS = ("fgrpo", "grpo")
+METHOD_NAMES = {"sft": "SFT", "fgrpo": "F-GRPO", "grpo": "GRPO"}
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that decides a training run; saved next to its results."""
+
+    model: str = "tiny"  # "tiny", "smollm2-135m", or a hub id / local folder
+    style: str = "ids"  # prompt style: "ids" (tiny word-level model) or "chat"
+    n: int = 10  # slate size cap
+    k: int = 5  # ranking size cap
+    tiny_hidden: int = 128  # tiny model width
+    tiny_layers: int = 2  # tiny model depth
+    # SFT warm start
+    sft_episodes: int = 2000  # training episodes used for SFT (fewer = a weaker start, more room for RL)
+    sft_epochs: float = 1.0
+    sft_lr: float = 1e-3
+    sft_batch_size: int = 32
+    # RL
+    rl_steps: int = 200
+    prompts_per_step: int = 8  # prompts per step; completions per step = prompts_per_step * group_size
+    group_size: int = 8  # G, rollouts per prompt
+    lr: float = 3e-4
+    phase_lambda: float = 1.0  # weight of the ranking phase (F-GRPO) / of R_rank in the joint reward (GRPO)
+    scale: str = "none"  # "none": A = R - mean (Dr. GRPO); "group": also divide by the group std
+    loss_type: str = "dr_grpo"
+    beta: float = 0.0  # KL coefficient (the paper's setting: none)
+    temperature: float = 1.0
+    max_completion_length: int = 24
+    coverage: str = "recall"
+    normaliser: str = "relevant"
+    lora_r: int = 0  # >0: train LoRA adapters of this rank instead of all weights
+    eval_batch_size: int = 128
+    extra: dict = field(default_factory=dict)  # anything else passed to the GRPO config
+
+
+# ---------------------------------------------------------------- data → records
+
+
+def episode_labels(episode: Episode, style: str) -> tuple[list[str], list[str]]:
+    return pool_labels(episode, style), relevant_labels(episode, style)
+
+
+def rl_records(episodes: Sequence[Episode], cfg: ExperimentConfig) -> list[dict]:
+    """Rows for TRL: the prompt, and the `pool` / `relevant` labels the reward functions read."""
+    rows = []
+    for ep in episodes:
+        pool, relevant = episode_labels(ep, cfg.style)
+        rows.append({"prompt": render_prompt(ep, cfg.style, cfg.n, cfg.k), "pool": pool, "relevant": relevant})
+    return rows
+
+
+def sft_records(episodes: Sequence[Episode], teacher: Teacher, cfg: ExperimentConfig, seed: int) -> list[dict]:
+    """Prompt-completion rows whose completion is the teacher-filled target rollout."""
+    rng = random.Random(seed)
+    rows = []
+    for ep in episodes:
+        slate, ranking = teacher_rollout_ids(ep, teacher(ep), cfg.n, cfg.k, rng)
+        to_label = {cid: label for label, cid in label_to_id(ep, cfg.style).items()}
+        text = render_rollout([to_label[c] for c in slate], [to_label[c] for c in ranking])
+        prompt = render_prompt(ep, cfg.style, cfg.n, cfg.k)
+        if cfg.style == "chat":
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}]})
+        else:
+            # a leading space keeps the word-level tokenizer's words apart when TRL concatenates
+            rows.append({"prompt": prompt, "completion": " " + text})
+    return rows
+
+
+def tiny_vocab(episodes: Sequence[Episode]) -> list[str]:
+    """Every word an ID-style prompt or rollout can contain, in a fixed order."""
+    words = set()
+    for ep in episodes:
+        words.update(ep.pool_ids)
+        words.update(ep.history)
+    return [*PROMPT_TOKENS, *sorted(words)]
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+
+def unit_dir(run_dir, dataset: str, seed: int, method: str) -> Path:
+    return Path(run_dir) / "train" / dataset / f"seed{seed}" / method
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / "done.json").exists()
+
+
+def mark_done(folder: Path, **info) -> None:
+    (folder / "done.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def read_log(folder: Path) -> list[dict]:
+    path = Path(folder) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _set_seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+    torch.set_flush_denormal(True)  # tiny models hit slow denormals in backward (STACK.md)
+
+
+# ---------------------------------------------------------------- models
+
+
+def base_model(cfg: ExperimentConfig, vocab: Sequence[str], seed: int):
+    from .models import load_model
+
+    if cfg.model == "tiny":
+        return load_model("tiny", vocab_tokens=vocab, seed=seed, hidden=cfg.tiny_hidden, layers=cfg.tiny_layers)
+    return load_model(cfg.model, dtype=torch.float32)
+
+
+def load_checkpoint(folder: Path):
+    from .models import load_model
+
+    return load_model(str(folder))
+
+
+def lora_config(cfg: ExperimentConfig):
+    if cfg.lora_r <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model so every stage loads alike
+        model = model.merge_and_unload()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+# ---------------------------------------------------------------- training units
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every log record to log.jsonl, with the validity rate of the completions
+    scored since the last record."""
+
+    def __init__(self, path: Path, validity):
+        self.path, self.validity = path, validity
+        self.path.write_text("")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {"step": state.global_step, **(logs or {}), "valid_rate": self.validity.pop_rate()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class ValidityCounter:
+    """Counts valid rollouts through the utility reward: with the rewards module's format
+    penalty charged per phase, a rollout is valid exactly when its utility reward is >= 0."""
+
+    def __init__(self, utility_fn):
+        self.utility_fn, self.valid, self.total = utility_fn, 0, 0
+        self.__name__ = utility_fn.__name__
+
+    def __call__(self, *args, **kwargs):
+        rewards = self.utility_fn(*args, **kwargs)
+        self.valid += sum(r >= 0 for r in rewards)
+        self.total += len(rewards)
+        return rewards
+
+    def pop_rate(self) -> float | None:
+        rate = self.valid / self.total if self.total else None
+        self.valid = self.total = 0
+        return rate
+
+
+def run_sft(cfg: ExperimentConfig, train: Sequence[Episode], vocab: Sequence[str], teacher: Teacher,
+            out: Path, seed: int) -> Path:
+    """Supervised warm start on teacher-filled target rollouts; returns the checkpoint folder."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if is_done(out):
+        return out / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    _set_seed(seed)
+    model, tokenizer = base_model(cfg, vocab, seed)
+    rows = sft_records(list(train)[: cfg.sft_episodes], teacher, cfg, seed)
+    args = SFTConfig(
+        output_dir=str(out / "trainer"), num_train_epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr,
+        per_device_train_batch_size=cfg.sft_batch_size, logging_steps=10, save_strategy="no", report_to=[],
+        bf16=False, seed=seed, max_length=None, lr_scheduler_type="cosine", warmup_steps=0.05,
+        gradient_checkpointing=False, disable_tqdm=False,
+    )
+    validity = ValidityCounter(lambda *a, **k: [])  # SFT scores nothing; keeps one log format
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora_config(cfg), callbacks=[JsonlLogger(out / "log.jsonl", validity)])
+    start = time.perf_counter()
+    trainer.train()
+    save_model(trainer.model, tokenizer, out / "model")
+    mark_done(out, seconds=round(time.perf_counter() - start, 1), examples=len(rows), config=asdict(cfg))
+    return out / "model"
+
+
+def run_rl(method: str, cfg: ExperimentConfig, train: Sequence[Episode], sft_model: Path, out: Path,
+           seed: int) -> Path:
+    """GRPO or F-GRPO from the SFT checkpoint; returns the final checkpoint folder."""
+    from datasets import Dataset
+
+    from .trainer import make_trainer
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if is_done(out):
+        return out / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    _set_seed(seed)
+    model, tokenizer = load_checkpoint(sft_model)
+    coverage_fn, utility_fn = make_reward_funcs(cfg.n, cfg.k, coverage=cfg.coverage, normaliser=cfg.normaliser)
+    validity = ValidityCounter(utility_fn)
+    # Seeded draw of prompts: each seed sees its own order, both methods the same one.
+    rows = rl_records(train, cfg)
+    random.Random(seed).shuffle(rows)
+    trainer = make_trainer(
+        method, model, tokenizer, Dataset.from_list(rows), [coverage_fn, validity],
+        phase_lambda=cfg.phase_lambda, scale=cfg.scale, peft_config=lora_config(cfg),
+        callbacks=[JsonlLogger(out / "log.jsonl", validity)],
+        output_dir=str(out / "trainer"), max_steps=cfg.rl_steps, learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size, num_generations=cfg.group_size,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
+        loss_type=cfg.loss_type, logging_steps=1, seed=seed, lr_scheduler_type="constant",
+        disable_tqdm=False, **cfg.extra,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    save_model(trainer.model, tokenizer, out / "model")
+    mark_done(out, seconds=round(time.perf_counter() - start, 1), config=asdict(cfg), method=method)
+    return out / "model"
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: Sequence, max_new_tokens: int, batch_size: int = 128,
+                    progress: bool = True) -> list[str]:
+    """Greedy completions, decoded the way TRL hands them to reward functions."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    texts = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="greedy decoding", disable=not progress, leave=False):
+        batch = list(prompts[start:start + batch_size])
+        if batch and not isinstance(batch[0], str):
+            batch = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return texts
+
+
+def evaluate_texts(texts: Sequence[str], episodes: Sequence[Episode], cfg: ExperimentConfig) -> list[dict]:
+    """Per-query metric rows, each rollout parsed against its episode's labels."""
+    rollouts, relevant = [], []
+    for text, ep in zip(texts, episodes, strict=True):
+        pool, rel = episode_labels(ep, cfg.style)
+        rollouts.append(parse_rollout(text, pool, n=cfg.n, k=cfg.k))
+        relevant.append(rel)
+    rows = per_query(rollouts, relevant, n=cfg.n, k=cfg.k, outcome_k=cfg.k)
+    for row, ep, text in zip(rows, episodes, texts):
+        row["query_id"], row["text"] = ep.query_id, text
+    return rows
+
+
+def evaluate_checkpoint(model_dir: Path, episodes: Sequence[Episode], cfg: ExperimentConfig, out: Path,
+                        split: str) -> dict:
+    """Greedy decoding on `episodes`; writes eval_<split>.json and per_query_<split>.jsonl (cached)."""
+    path = out / f"eval_{split}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tokenizer = load_checkpoint(model_dir)
+    prompts = [render_prompt(ep, cfg.style, cfg.n, cfg.k) for ep in episodes]
+    texts = generate_greedy(model, tokenizer, prompts, cfg.max_completion_length, cfg.eval_batch_size)
+    rows = evaluate_texts(texts, episodes, cfg)
+    with (out / f"per_query_{split}.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    summary = summarise([{k: v for k, v in r.items() if k not in ("query_id", "text")} for r in rows])
+    path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def run_seed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], teacher: Teacher, run_dir, seed: int,
+             methods: Sequence[str] = METHODS, eval_splits: Sequence[str] = ("validation", "test"),
+             log=print) -> dict[str, dict]:
+    """SFT, then each RL method from it, each evaluated on `eval_splits`. Returns
+    {method: {split: summary}} with "sft" included."""
+    dataset = episodes["train"][0].dataset
+    vocab = tiny_vocab([e for split in episodes.values() for e in split])
+    results: dict[str, dict] = {}
+    sft_out = unit_dir(run_dir, dataset, seed, "sft")
+    start = time.perf_counter()
+    sft_model = run_sft(cfg, episodes["train"], vocab, teacher, sft_out, seed)
+    results["sft"] = {s: evaluate_checkpoint(sft_model, episodes[s], cfg, sft_out, s) for s in eval_splits}
+    log(f"seed {seed} SFT: {time.perf_counter() - start:.0f} s")
+    for method in methods:
+        start = time.perf_counter()
+        out = unit_dir(run_dir, dataset, seed, method)
+        model_dir = run_rl(method, cfg, episodes["train"], sft_model, out, seed)
+        results[method] = {s: evaluate_checkpoint(model_dir, episodes[s], cfg, out, s) for s in eval_splits}
+        log(f"seed {seed} {METHOD_NAMES[method]}: {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def results_table(run_dir, dataset: str, split: str = "test") -> "pd.DataFrame":
+    """One row per (seed, method) with every metric of eval_<split>.json found under the run."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted((Path(run_dir) / "train" / dataset).glob(f"seed*/*/eval_{split}.json")):
+        method = path.parent.name
+        rows.append({"dataset": dataset, "seed": int(path.parent.parent.name[4:]),
+                     "method": METHOD_NAMES.get(method, method), **json.loads(path.read_text())})
+    return pd.DataFrame(rows)
+
+
+def training_logs(run_dir, dataset: str) -> "pd.DataFrame":
+    """Every RL log line of the run, with seed and method columns."""
+    import pandas as pd
+
+    frames = []
+    for folder in sorted((Path(run_dir) / "train" / dataset).glob("seed*/*")):
+        if folder.name in METHODS:
+            log = pd.DataFrame(read_log(folder))
+            if len(log):
+                log["seed"], log["method"] = int(folder.parent.name[4:]), METHOD_NAMES[folder.name]
+                frames.append(log)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
