@@ -202,12 +202,13 @@ class PhaseMixin:
 class FGRPOTrainer(PhaseMixin, GRPOTrainer):
     """GRPOTrainer with per-phase advantages. `reward_funcs` = [coverage, utility]."""
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, **kwargs):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *rest, **kwargs):
+        # A plain GRPOConfig works too: phase_lambda 1, phase_scale "none".
         args = args if args is not None else FGRPOConfig("fgrpo-output")
         self.phase_lambda = float(getattr(args, "phase_lambda", 1.0))
         self.phase_scale = getattr(args, "phase_scale", "none")
         check_fgrpo_args(args, reward_funcs, self.phase_lambda, self.phase_scale)
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        super().__init__(model, reward_funcs, args, *rest, **kwargs)
         # TRL logs "reward" as the weighted sum; weighting by lambda keeps it comparable with GRPO's.
         self.reward_weights = torch.tensor([1.0, self.phase_lambda], dtype=torch.float32)
 
