@@ -69,8 +69,9 @@ def group_centered(rewards: torch.Tensor, group_size: int, scale: str = "none") 
     """Group-relative advantage of a (N,) reward vector, with TRL's exact arithmetic.
 
     NaN rewards (a reward function returned None) are left out of the group mean and get
-    advantage 0, as in TRL. A group whose rewards are all equal gets 0, never NaN, with
-    or without std scaling (TRL's 1e-4 guard).
+    advantage 0, as in TRL. A group whose rewards are all equal gets exactly 0, never NaN,
+    with or without std scaling. Here alone we differ from TRL, which leaves the mean's
+    rounding error (e.g. 3e-8 for eight 0.3s, 3e-4 after its std guard) as a spurious signal.
     """
     grouped = rewards.view(-1, group_size)
     advantages = rewards - torch.nanmean(grouped, dim=1).repeat_interleave(group_size, dim=0)
@@ -79,7 +80,10 @@ def group_centered(rewards: torch.Tensor, group_size: int, scale: str = "none") 
         advantages = advantages / (std.repeat_interleave(group_size, dim=0) + 1e-4)
     elif scale != "none":
         raise ValueError(f"scale must be one of {PHASE_SCALES}, got {scale!r}")
-    return torch.nan_to_num(advantages, nan=0.0)
+    highest = torch.where(grouped.isnan(), -torch.inf, grouped).amax(dim=1)
+    lowest = torch.where(grouped.isnan(), torch.inf, grouped).amin(dim=1)
+    constant = (highest == lowest).repeat_interleave(group_size, dim=0)
+    return torch.nan_to_num(advantages, nan=0.0).masked_fill(constant, 0.0)
 
 
 def phase_advantages(rewards_per_func: torch.Tensor, group_size: int, scale: str = "none"):

@@ -207,6 +207,13 @@ def test_equal_rewards_in_a_group_give_zero_advantage_and_no_nan(scale):
     assert a_gen[4:].abs().min() > 0
 
 
+@pytest.mark.parametrize("scale", ["none", "group"])
+def test_constant_group_is_exactly_zero_despite_rounding(scale):
+    # float32 mean of eight 0.3s is off by 3e-8; TRL would pass that on (x 1e4 with std scaling).
+    rewards = torch.tensor([0.3] * 8 + [0.3, math.nan] * 4)
+    assert group_centered(rewards, 8, scale).tolist() == [0.0] * 16
+
+
 def test_unscorable_reward_gives_zero_advantage():
     rewards = torch.tensor([1.0, math.nan, 0.0, 0.5])
     adv = group_centered(rewards, 4)
