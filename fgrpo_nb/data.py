@@ -81,7 +81,9 @@ def build_episodes(
 
     Recommendation uses pool_size, history_len, negatives, n_positives and min_history (the
     fewest history items a target needs); QA uses passage_sentences and qa_source (None: the
-    local samples; a file path; or a Hugging Face dataset id) and keeps every paragraph of
+    local samples; a file path, all of it split like dev questions; or a Hugging Face dataset
+    id such as "hotpotqa/hotpot_qa" (config "distractor") or "dgslibisey/MuSiQue", whose train
+    split goes to train and the rest is split like dev questions) and keeps every paragraph of
     a question as its pool. n_train/n_val/n_test cap each split (None: all), sampled with
     the seed.
     """

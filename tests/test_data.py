@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -113,7 +111,6 @@ def test_lastfm_users_in_one_split():
 
 def test_popularity_counts_training_interactions_only():
     pop = item_popularity("ml-100k")
-    data = load_interactions("ml-100k")
     assert len(pop) == 1682 and all(k.startswith("i") for k in pop)
     # Each user's last two interactions (validation and test targets) are not training data.
     assert sum(pop.values()) == 100_000 - 2 * 943
