@@ -24,7 +24,7 @@ STD_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
 def _to_tensor(x: Any) -> tuple[torch.Tensor, bool]:
     if isinstance(x, torch.Tensor):
         return (x if x.is_floating_point() else x.float()), True
-    return torch.as_tensor(np.asarray(x, dtype=np.float64)), False
+    return torch.from_numpy(np.array(x, dtype=np.float64)), False  # a copy: inputs may be read-only
 
 
 def _back(t: torch.Tensor, was_tensor: bool):
@@ -106,3 +106,17 @@ def conflict_rates(r_gen, r_rank, group_size: int, lam: float = 1.0, scale: str 
     a_gen, a_rank = phase_advantages(r_gen, r_rank, group_size, lam, scale)
     return {"gen": advantage_conflict_rate(a_gen, joint, gen_weights),
             "rank": advantage_conflict_rate(a_rank, joint, rank_weights)}
+
+
+def group_signal_stats(r_gen, r_rank, group_size: int, lam: float = 1.0) -> dict[str, float]:
+    """How much learning signal a batch of groups carries, per phase and jointly.
+
+    zero_std_*: share of groups whose reward is constant (zero advantage: nothing to learn);
+    conflict_*: `conflict_rates` (mean-only advantages).
+    """
+    g = np.asarray(r_gen, dtype=float).reshape(-1, group_size)
+    r = np.asarray(r_rank, dtype=float).reshape(-1, group_size)
+    constant = lambda x: float(np.mean(np.ptp(x, axis=1) == 0))  # noqa: E731
+    rates = conflict_rates(g.reshape(-1), r.reshape(-1), group_size, lam)
+    return {"zero_std_gen": constant(g), "zero_std_rank": constant(r), "zero_std_joint": constant(g + lam * r),
+            "conflict_gen": rates["gen"], "conflict_rank": rates["rank"]}

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .episodes import Episode
-from .rewards import coverage_reward, dcg_at_k, ideal_dcg
+from .rewards import DEFAULT_FORMAT_PENALTY, coverage_reward, dcg_at_k, ideal_dcg, rollout_rewards
 from .rollout import DEFAULT_K, DEFAULT_N, Rollout, parse_rollout
 
 OUTCOMES = ("hit", "rank_drop", "slate_miss", "invalid")
@@ -135,3 +135,25 @@ def evaluate(rollouts_or_texts: Sequence[Rollout | str], episodes_or_relevant: S
     """R/P/Hit/N@ks, MRR, ValidRatio, SlateRecall (means over queries, in [0, 1]) and
     outcome shares at `outcome_k` (default max(ks)). The one evaluation used everywhere."""
     return summarise(per_query(rollouts_or_texts, episodes_or_relevant, ks, n, k, outcome_k))
+
+
+def rollout_table(episodes: Sequence[Episode], groups: Sequence[Sequence[str]], n: int = DEFAULT_N,
+                  k: int = DEFAULT_K, coverage: str = "recall", normaliser: str = "relevant",
+                  format_penalty: float = DEFAULT_FORMAT_PENALTY, phase_credit: bool = True) -> list[dict[str, Any]]:
+    """One row per rollout of each episode's group, for reward analyses over groups.
+
+    Columns: query_id, member, n_relevant, r_gen, r_rank (with `normaliser`), utility under
+    each normaliser (utility_relevant, utility_slate), valid, outcome at k, errors.
+    """
+    rows = []
+    for ep, texts in zip(episodes, groups, strict=True):
+        for member, text in enumerate(texts):
+            rollout = parse_rollout(text, ep.pool_ids, n=n, k=k)
+            utility = {norm: rollout_rewards(rollout, ep.relevant, k, coverage, norm, format_penalty, phase_credit)
+                       for norm in ("relevant", "slate")}
+            rows.append({"query_id": ep.query_id, "member": member, "n_relevant": len(ep.relevant),
+                         "r_gen": utility[normaliser][0], "r_rank": utility[normaliser][1],
+                         "utility_relevant": utility["relevant"][1], "utility_slate": utility["slate"][1],
+                         "valid": rollout.valid, "outcome": query_outcome(rollout, ep.relevant, k),
+                         "errors": ",".join(rollout.errors)})
+    return rows

@@ -87,3 +87,22 @@ def test_conflict_rate():
     rates = conflict_rates([0.0, 1.0], [1.0, 0.0], 2, lam=1.5)
     assert rates == {"gen": 1.0, "rank": 0.0}
     assert conflict_rates([0.5] * 4, [0.5] * 4, 4) == {"gen": 0.0, "rank": 0.0}
+
+
+def test_group_signal_stats():
+    from fgrpo_nb.advantages import group_signal_stats
+
+    stats = group_signal_stats(np.array([1, 1, 0, 0, 1, 1, 1, 1.0]), [1, 0, 0, 0, 0.5, 0.5, 0.5, 0.5], 4)
+    assert stats["zero_std_gen"] == stats["zero_std_rank"] == stats["zero_std_joint"] == 0.5
+    assert stats["conflict_gen"] == 0.0 and stats["conflict_rank"] == 0.125  # member 1: A_rank < 0 < A_joint
+
+
+def test_plot_helpers():
+    from fgrpo_nb.plots import METHOD_COLORS, word_phases
+
+    for name in ("F-GRPO", "GRPO", "SFT", "Decoupled SFT", "Decoupled RL", "Random", "Popularity", "BM25",
+                 "Zero-shot", "SASRec"):
+        assert name in METHOD_COLORS
+    assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
+    words, mask = word_phases("hi <SLATE> i1 </SLATE> <RANK> i1 </RANK>")
+    assert words[1] == "<SLATE>" and mask.tolist() == [True, True, True, True, False, False, False]

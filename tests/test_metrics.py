@@ -116,3 +116,16 @@ def test_parity_with_trec_eval():
             assert ours[name](ranking, rel, k) == pytest.approx(ref[(q, str(m))], abs=1e-9), (q, str(m))
             checked += 1
     assert checked == len(cases) * len(measures)
+
+
+def test_rollout_table_rows():
+    ep = _episode("q", [f"i{j}" for j in range(10)], ["i1", "i2"])
+    texts = [render_rollout(["i1", "i3"], ["i3", "i1"]), "<SLATE> i1 </SLATE> <RANK> i9 </RANK>"]
+    from fgrpo_nb.metrics import rollout_table
+
+    rows = rollout_table([ep], [texts], normaliser="slate")
+    assert [r["member"] for r in rows] == [0, 1] and rows[0]["n_relevant"] == 2
+    assert rows[0]["r_gen"] == 0.5 and rows[0]["r_rank"] == rows[0]["utility_slate"] == pytest.approx(L2)
+    assert rows[0]["utility_relevant"] == pytest.approx(L2 / (1 + L2))
+    assert rows[1]["r_gen"] == 0.5 and rows[1]["r_rank"] == -0.5 and rows[1]["outcome"] == "invalid"
+    assert rows[1]["errors"] == "ranking_not_in_slate"
