@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from .episodes import Episode
 from .metrics import per_query, summarise
-from .prompts import PROMPT_TOKENS, label_to_id, pool_labels, relevant_labels, render_prompt
+from .prompts import PROMPT_TOKENS, label_to_id, pool_labels, relevant_labels, render_prompt, slot_labels
 from .rewards import make_reward_funcs
 from .rollout import parse_rollout, render_rollout
 from .teachers import Teacher, teacher_rollout_ids
@@ -39,7 +39,7 @@ class ExperimentConfig:
     """Everything that decides a training run; saved next to its results."""
 
     model: str = "tiny"  # "tiny", "smollm2-135m", or a hub id / local folder
-    style: str = "ids"  # prompt style: "ids" (tiny word-level model) or "chat"
+    style: str = "slots"  # prompt style: "slots" or "ids" (tiny word-level model), "chat" (LLMs)
     n: int = 10  # slate size cap
     k: int = 5  # ranking size cap
     tiny_hidden: int = 128  # tiny model width
@@ -102,11 +102,12 @@ def sft_records(episodes: Sequence[Episode], teacher: Teacher, cfg: ExperimentCo
 
 def tiny_vocab(episodes: Sequence[Episode]) -> list[str]:
     """Every word an ID-style prompt or rollout can contain, in a fixed order."""
-    words = set()
+    words, size = set(), 0
     for ep in episodes:
         words.update(ep.pool_ids)
         words.update(ep.history)
-    return [*PROMPT_TOKENS, *sorted(words)]
+        size = max(size, len(ep.candidates))
+    return [*PROMPT_TOKENS, *slot_labels(size), *sorted(words)]
 
 
 # ---------------------------------------------------------------- bookkeeping

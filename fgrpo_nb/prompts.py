@@ -3,6 +3,13 @@
 - "ids": for the tiny word-level ID model. Only prompt tokens and candidate ids, separated by
   single spaces, so a whitespace tokenizer covers every prompt:
   `<HIST> i12 i7 <POOL> i5 i9 ... <OUT>`. Labels are the candidate ids (`i<item>`, `p<idx>`).
+- "slots": the same word-level prompt with a position label before each candidate,
+  `<HIST> i12 i7 <POOL> c1 i5 c2 i9 ... <OUT>`, and rollouts written in the labels `c1 .. cN`.
+  Why: a small ID model trained from scratch must learn to *copy* a candidate id from the
+  prompt to write a valid slate in the "ids" style; measured here (hidden 128, 2 layers,
+  300 SFT steps of 32) its loss stayed at ~6 nats per token, i.e. no copying, no valid
+  rollout. With slot labels the output space is the N labels, format and validity are
+  learned in ~25 steps, and which slot to pick is what SFT and RL then have to learn.
 - "chat": a list of chat messages for an instruction-tuned LLM. Labels are short position
   labels `c1 .. cN` in pool order (as in the paper's rollout example), because ids such as
   `i2858` cost several subword tokens each and say nothing to the model.
@@ -16,7 +23,7 @@ from __future__ import annotations
 from .episodes import Episode
 from .rollout import RANK_CLOSE, RANK_OPEN, SLATE_CLOSE, SLATE_OPEN
 
-STYLES = ("ids", "chat")
+STYLES = ("ids", "slots", "chat")
 HIST_TOKEN, POOL_TOKEN, OUT_TOKEN = "<HIST>", "<POOL>", "<OUT>"
 PROMPT_TOKENS = (HIST_TOKEN, POOL_TOKEN, OUT_TOKEN)  # the ID model's vocabulary needs these
 
@@ -37,7 +44,12 @@ def pool_labels(episode: Episode, style: str) -> list[str]:
     _check_style(style)
     if style == "ids":
         return episode.pool_ids
-    return [f"c{i + 1}" for i in range(len(episode.candidates))]
+    return slot_labels(len(episode.candidates))
+
+
+def slot_labels(size: int) -> list[str]:
+    """`c1 .. c<size>`: the position labels of the "slots" and "chat" styles."""
+    return [f"c{i + 1}" for i in range(size)]
 
 
 def label_to_id(episode: Episode, style: str) -> dict[str, str]:
@@ -52,6 +64,11 @@ def relevant_labels(episode: Episode, style: str) -> list[str]:
 
 def _ids_prompt(episode: Episode) -> str:
     return " ".join([HIST_TOKEN, *episode.history, POOL_TOKEN, *episode.pool_ids, OUT_TOKEN])
+
+
+def _slots_prompt(episode: Episode) -> str:
+    pool = [w for label, cid in zip(slot_labels(len(episode.candidates)), episode.pool_ids) for w in (label, cid)]
+    return " ".join([HIST_TOKEN, *episode.history, POOL_TOKEN, *pool, OUT_TOKEN])
 
 
 def _instructions(episode: Episode, n: int, k: int) -> str:
@@ -82,12 +99,14 @@ def _chat_user(episode: Episode, style_labels: list[str]) -> str:
 
 
 def render_prompt(episode: Episode, style: str = "ids", n: int = 10, k: int = 5):
-    """A string (style "ids") or a list of chat messages (style "chat")."""
+    """A string (styles "ids", "slots") or a list of chat messages (style "chat")."""
     _check_style(style)
     if n < 1 or k < 1 or k > n:
         raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
     if style == "ids":
         return _ids_prompt(episode)
+    if style == "slots":
+        return _slots_prompt(episode)
     return [
         {"role": "system", "content": _instructions(episode, n, k)},
         {"role": "user", "content": _chat_user(episode, pool_labels(episode, style))},

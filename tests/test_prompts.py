@@ -80,7 +80,18 @@ def test_records_for_trl(rec_episode, qa_episode):
 
 
 def test_bad_style_and_sizes(rec_episode):
-    with pytest.raises(ValueError, match="ids, chat"):
+    with pytest.raises(ValueError, match="ids, slots, chat"):
         render_prompt(rec_episode, "json")
     with pytest.raises(ValueError, match="k <= n"):
         render_prompt(rec_episode, "chat", n=3, k=5)
+
+
+def test_slots_prompt_labels_each_candidate(rec_episode):
+    words = render_prompt(rec_episode, "slots").split(" ")
+    pool = words[words.index("<POOL>") + 1 : -1]
+    labels = pool_labels(rec_episode, "slots")
+    assert pool[0::2] == labels == [f"c{i + 1}" for i in range(len(rec_episode.candidates))]
+    assert pool[1::2] == rec_episode.pool_ids
+    # the label of the relevant item sits right before that item in the prompt
+    for label in relevant_labels(rec_episode, "slots"):
+        assert pool[pool.index(label) + 1] in rec_episode.relevant
