@@ -1,13 +1,18 @@
 """Group-relative advantages: per phase (F-GRPO) and joint (GRPO), and their disagreement.
 
+The one implementation of this arithmetic: `fgrpo_nb.trainer` imports it, and the
+notebooks use it directly.
+
 Rewards arrive flat, shape (B,), with the G rollouts of one prompt contiguous (TRL's
 layout: B = num_prompts * G). Default: subtract the group mean only (Dr. GRPO, as the
-paper likely does). `scale="group"` divides by the group's std the way TRL 1.16 does:
-(r - mean) / (std + 1e-4) with Bessel's correction (torch.std's default); a group of one
-has std 0. An all-equal group gives exact zeros, never NaN (TRL leaves rounding noise).
+paper likely does). `scale="group"` divides by the group's std. The arithmetic is TRL
+1.16's to the bit (`torch.nanmean`, `trl.trainer.utils.nanstd` with Bessel's correction,
+(r - mean) / (std + 1e-4)), with two guards: a NaN reward (a reward function returned
+None) is left out of its group's mean and gets advantage 0, and a group whose rewards are
+all equal (or a group of one) gets exact zeros, never NaN (TRL leaves rounding noise).
 
-Functions accept torch tensors (returned as tensors, same device, float) or anything
-numpy can read (returned as numpy arrays), so the trainer and the notebooks share them.
+Functions accept torch tensors (returned as tensors, same device and dtype; integers
+become float) or anything numpy can read (returned as float64 numpy arrays).
 """
 
 from __future__ import annotations
@@ -31,20 +36,27 @@ def _back(t: torch.Tensor, was_tensor: bool):
     return t if was_tensor else t.numpy()
 
 
-def _group_advantages(r: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
+def _group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
+    """TRL's arithmetic on a float tensor; see the module docstring."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if r.ndim != 1 or group_size < 1 or r.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a length divisible by group_size={group_size}, got {tuple(r.shape)}")
-    grouped = r.view(-1, group_size)
-    # a constant group carries no signal: make it exactly 0 (float rounding in the mean
-    # would otherwise leave ~1e-8, blown up to ~1e-4 by the std scaling)
-    constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
-    adv = torch.where(constant, torch.zeros_like(grouped), grouped - grouped.mean(dim=1, keepdim=True))
+    if rewards.ndim != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(
+            f"rewards must be 1-D with a length divisible by group_size={group_size}, got {tuple(rewards.shape)}"
+        )
+    grouped = rewards.view(-1, group_size)
+    advantages = rewards - torch.nanmean(grouped, dim=1).repeat_interleave(group_size, dim=0)
     if scale == "group":
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
-        adv = adv / (std + STD_EPS)
-    return adv.reshape(-1)
+        from trl.trainer.utils import nanstd  # here, not at the top: notebooks need not load TRL
+
+        std = nanstd(grouped, dim=1) if group_size > 1 else torch.zeros(grouped.size(0), device=rewards.device)
+        advantages = advantages / (std.repeat_interleave(group_size, dim=0) + STD_EPS)
+    # a constant group carries no signal: make it exactly 0 (float rounding in the mean
+    # would otherwise leave ~1e-8, blown up to ~1e-4 by the std scaling); NaNs don't count
+    highest = torch.where(grouped.isnan(), -torch.inf, grouped).amax(dim=1)
+    lowest = torch.where(grouped.isnan(), torch.inf, grouped).amin(dim=1)
+    constant = (highest == lowest).repeat_interleave(group_size, dim=0)
+    return torch.nan_to_num(advantages, nan=0.0).masked_fill(constant, 0.0)
 
 
 def group_advantages(rewards, group_size: int, scale: str = "none"):
@@ -69,17 +81,36 @@ def phase_advantages(r_gen, r_rank, group_size: int, lam: float = 1.0, scale: st
     return _back(a_gen, was_tensor), _back(a_rank, was_tensor)
 
 
-def route_advantages(a_gen, a_rank, slate_mask):
-    """Per-token advantages (B, T): A_gen on slate tokens (mask True), A_rank elsewhere.
+def phase_advantages_per_func(rewards_per_func: torch.Tensor, group_size: int, scale: str = "none"):
+    """(A_gen, A_rank), each (N,), from TRL's (N, 2) `rewards_per_func` [coverage, utility]."""
+    return phase_advantages(rewards_per_func[:, 0], rewards_per_func[:, 1], group_size, scale=scale)
 
-    `a_rank` is used as given, so pass lam * A_rank (what `phase_advantages` returns).
+
+def route_advantages(a_gen, a_rank, slate_mask, lam: float = 1.0):
+    """Per-token advantages (B, T): A_gen on slate tokens (mask True), lam * A_rank elsewhere.
+
+    With the default lam = 1, pass lam * A_rank (what `phase_advantages` returns).
     Padding is the loss mask's business, not this function's.
     """
     g, was_tensor = _to_tensor(a_gen)
     r, _ = _to_tensor(a_rank)
     m = slate_mask.to(torch.bool) if isinstance(slate_mask, torch.Tensor) else torch.as_tensor(np.asarray(slate_mask, dtype=bool))
     m = m.to(g.device)
-    return _back(torch.where(m, g[:, None], r.to(g)[:, None]), was_tensor)
+    return _back(torch.where(m, g.unsqueeze(1), lam * r.unsqueeze(1)), was_tensor)
+
+
+def _opposed(own: torch.Tensor, joint: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Where `joint` pushes opposite to `own`, both beyond `eps` in size."""
+    return (own * joint < 0) & (own.abs() > eps) & (joint.abs() > eps)
+
+
+def conflict_counts(a_gen, a_rank, slate_mask, token_mask, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conflicting tokens, all tokens): a token conflicts when the joint GRPO-style
+    advantage A_gen + lam * A_rank pushes it opposite to its own phase's advantage."""
+    own = route_advantages(a_gen, a_rank, slate_mask, lam)
+    joint = (a_gen + lam * a_rank).unsqueeze(1)
+    conflict = _opposed(own, joint) & token_mask.bool()
+    return conflict.sum().float(), token_mask.sum().float()
 
 
 def advantage_conflict_rate(phase_adv, joint_adv, weights=None, eps: float = 1e-8) -> float:
@@ -94,7 +125,7 @@ def advantage_conflict_rate(phase_adv, joint_adv, weights=None, eps: float = 1e-
     p, _ = _to_tensor(phase_adv)
     j, _ = _to_tensor(joint_adv)
     w = torch.ones_like(p) if weights is None else _to_tensor(weights)[0].to(p)
-    conflict = (p.sign() * j.to(p).sign() < 0) & (p.abs() > eps) & (j.to(p).abs() > eps)
+    conflict = _opposed(p, j.to(p), eps)
     total = float(w.sum())
     return float((w * conflict.to(p)).sum()) / total if total > 0 else 0.0
 

@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import nanstd
 
+# The advantage arithmetic lives in fgrpo_nb.advantages; the trainer's rewards come as one
+# (B, 2) tensor, hence the per-func variant under the name the trainer uses.
+from fgrpo_nb.advantages import conflict_counts, route_advantages
+from fgrpo_nb.advantages import phase_advantages_per_func as phase_advantages
 from fgrpo_nb.rollout import SLATE_CLOSE
 
 try:
@@ -65,35 +68,6 @@ class FGRPOConfig(GRPOConfig):
 # ---------------------------------------------------------------- pure functions (tested)
 
 
-def group_centered(rewards: torch.Tensor, group_size: int, scale: str = "none") -> torch.Tensor:
-    """Group-relative advantage of a (N,) reward vector, with TRL's exact arithmetic.
-
-    NaN rewards (a reward function returned None) are left out of the group mean and get
-    advantage 0, as in TRL. A group whose rewards are all equal gets exactly 0, never NaN,
-    with or without std scaling. Here alone we differ from TRL, which leaves the mean's
-    rounding error (e.g. 3e-8 for eight 0.3s, 3e-4 after its std guard) as a spurious signal.
-    """
-    grouped = rewards.view(-1, group_size)
-    advantages = rewards - torch.nanmean(grouped, dim=1).repeat_interleave(group_size, dim=0)
-    if scale == "group":
-        std = nanstd(grouped, dim=1) if group_size > 1 else torch.zeros(grouped.size(0), device=rewards.device)
-        advantages = advantages / (std.repeat_interleave(group_size, dim=0) + 1e-4)
-    elif scale != "none":
-        raise ValueError(f"scale must be one of {PHASE_SCALES}, got {scale!r}")
-    highest = torch.where(grouped.isnan(), -torch.inf, grouped).amax(dim=1)
-    lowest = torch.where(grouped.isnan(), torch.inf, grouped).amin(dim=1)
-    constant = (highest == lowest).repeat_interleave(group_size, dim=0)
-    return torch.nan_to_num(advantages, nan=0.0).masked_fill(constant, 0.0)
-
-
-def phase_advantages(rewards_per_func: torch.Tensor, group_size: int, scale: str = "none"):
-    """(A_gen, A_rank), each (N,), from the (N, 2) rewards [coverage, utility]."""
-    return (
-        group_centered(rewards_per_func[:, 0], group_size, scale),
-        group_centered(rewards_per_func[:, 1], group_size, scale),
-    )
-
-
 def slate_token_counts(completion_ids: list[list[int]], decode) -> list[int | None]:
     """For each completion, how many leading tokens form the slate phase (None: no `</SLATE>`).
 
@@ -130,20 +104,6 @@ def slate_mask_from_counts(counts: list[int | None], width: int, device=None) ->
     coverage reward (normally zero or a format penalty) is the signal it should get."""
     limits = torch.tensor([width if c is None else c for c in counts], device=device)
     return torch.arange(width, device=device).unsqueeze(0) < limits.unsqueeze(1)
-
-
-def route_advantages(a_gen: torch.Tensor, a_rank: torch.Tensor, slate_mask: torch.Tensor, phase_lambda: float):
-    """(B, T) advantages: A_gen on slate tokens, lambda * A_rank on ranking tokens."""
-    return torch.where(slate_mask, a_gen.unsqueeze(1), phase_lambda * a_rank.unsqueeze(1))
-
-
-def conflict_counts(a_gen, a_rank, slate_mask, token_mask, phase_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(conflicting tokens, all tokens): a token conflicts when the joint GRPO-style
-    advantage A_gen + lambda * A_rank pushes it opposite to its own phase's advantage."""
-    own = route_advantages(a_gen, a_rank, slate_mask, phase_lambda)
-    joint = (a_gen + phase_lambda * a_rank).unsqueeze(1)
-    conflict = (own * joint < 0) & token_mask.bool()
-    return conflict.sum().float(), token_mask.sum().float()
 
 
 # ---------------------------------------------------------------- the trainer

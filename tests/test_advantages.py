@@ -61,6 +61,15 @@ def test_matches_trl_formula(n_groups, G, data, scale):
     assert torch.allclose(group_advantages(r, G, scale), _trl_advantages(r, G, scale), atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", ["none", "group"])
+def test_bit_exact_with_trl_in_float32(scale):
+    # the trainer routes these values into TRL's loss: outside constant groups, TRL's bits exactly
+    r = torch.tensor([0.1, 0.7, 1 / 3, 0.25, 0.3, 0.3, 0.3, 0.3, 1.0, float("nan"), 0.2, 0.63])
+    ours, trl = group_advantages(r, 4, scale), _trl_advantages(r, 4, scale)
+    assert torch.equal(ours[:4], trl[:4]) and torch.equal(ours[8:], torch.nan_to_num(trl[8:]))
+    assert torch.equal(ours[4:8], torch.zeros(4))
+
+
 def test_joint_and_phase():
     g, r = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert torch.allclose(joint_advantages(g, r, 4, lam=0.5), torch.tensor([0.25, -0.75, 0.75, -0.25]))

@@ -10,9 +10,10 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 import fgrpo_helpers as H
+from fgrpo_nb.advantages import conflict_counts, group_advantages, phase_advantages_per_func, route_advantages
 from fgrpo_nb.trainer import (
-    TOKEN_LEVEL_LOSSES, FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, conflict_counts, group_centered,
-    make_trainer, phase_advantages, route_advantages, slate_mask_from_counts, slate_token_counts,
+    TOKEN_LEVEL_LOSSES, FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, make_trainer, slate_mask_from_counts,
+    slate_token_counts,
 )
 
 PHASE_METRICS = ("phase/reward_gen_mean", "phase/reward_rank_mean", "phase/adv_gen_abs_mean", "phase/adv_gen_std",
@@ -120,8 +121,8 @@ def test_mean_only_grpo_advantage_is_the_sum_of_phase_advantages():
     # Why GRPO = F-GRPO + cross terms: with mean-only scaling the joint advantage is additive.
     rewards = torch.tensor([[1.0, 0.2], [0.0, 0.0], [0.5, 1.0], [0.5, 0.3]])
     lam = 0.5
-    a_gen, a_rank = phase_advantages(rewards, 4)
-    joint = group_centered(rewards[:, 0] + lam * rewards[:, 1], 4)
+    a_gen, a_rank = phase_advantages_per_func(rewards, 4)
+    joint = group_advantages(rewards[:, 0] + lam * rewards[:, 1], 4)
     torch.testing.assert_close(joint, a_gen + lam * a_rank)
 
 
@@ -201,7 +202,7 @@ def test_conflict_counts():
 @pytest.mark.parametrize("scale", ["none", "group"])
 def test_equal_rewards_in_a_group_give_zero_advantage_and_no_nan(scale):
     rewards = torch.tensor([[0.7, 0.0]] * 4 + [[1.0, 0.5], [0.0, 0.5], [0.0, 0.5], [1.0, 0.5]])
-    a_gen, a_rank = phase_advantages(rewards, 4, scale)
+    a_gen, a_rank = phase_advantages_per_func(rewards, 4, scale)
     assert torch.isfinite(a_gen).all() and torch.isfinite(a_rank).all()
     assert a_gen[:4].tolist() == [0.0] * 4 and a_rank.tolist() == [0.0] * 8
     assert a_gen[4:].abs().min() > 0
@@ -211,12 +212,12 @@ def test_equal_rewards_in_a_group_give_zero_advantage_and_no_nan(scale):
 def test_constant_group_is_exactly_zero_despite_rounding(scale):
     # float32 mean of eight 0.3s is off by 3e-8; TRL would pass that on (x 1e4 with std scaling).
     rewards = torch.tensor([0.3] * 8 + [0.3, math.nan] * 4)
-    assert group_centered(rewards, 8, scale).tolist() == [0.0] * 16
+    assert group_advantages(rewards, 8, scale).tolist() == [0.0] * 16
 
 
 def test_unscorable_reward_gives_zero_advantage():
     rewards = torch.tensor([1.0, math.nan, 0.0, 0.5])
-    adv = group_centered(rewards, 4)
+    adv = group_advantages(rewards, 4)
     assert adv.tolist() == [0.5, 0.0, -0.5, 0.0]
 
 
