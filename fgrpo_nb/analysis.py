@@ -200,11 +200,11 @@ def training_dynamics(run_dir, dataset: str, smooth: int = 10, fraction: float =
                          "last": float(part["mean"].iloc[-1])})
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")
-        ax.set_ylabel("mean reward per rollout (invalid: penalty)")
+        ax.set_ylabel("mean reward per rollout")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{dataset}: training dynamics (band: min to max over seeds, rolling mean of {smooth} steps)",
-                 fontsize=10)
+    fig.suptitle(f"{dataset}: training dynamics (band: min to max over seeds, rolling mean of {smooth} steps; "
+                 "an invalid rollout scores the format penalty)", fontsize=9)
     fig.tight_layout()
     data = pd.DataFrame(rows)
     for method in ordered_methods(data["method"]):
@@ -253,7 +253,7 @@ def error_breakdown(run_dir, dataset: str, split: str = "test") -> Result:
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of {split} queries (mean over seeds)")
     ax.set_title(f"{dataset}: where each method's top-k misses come from", fontsize=10)
-    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3 if len(methods) < 4 else -0.15))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="outcome at k", title_fontsize=8)
     fig.tight_layout()
     notes = []
     for method in [m for m in RL_METHODS[::-1] if m in wide.index]:
@@ -480,8 +480,8 @@ def conflict_vs_gain(run_dir, split: str = "test", metrics: Sequence[str] = ("N@
             r = float(np.corrcoef(part["conflict"], part["gain"])[0, 1])
             notes.append(f"{metric}: across {len(part)} settings, gain and conflict rate correlate at r = {r:+.2f}.")
         else:
-            notes.append(f"{metric}: {len(part)} setting(s) with spread too small for a correlation; the map needs "
-                         "more settings (datasets, n, lambda sweeps).")
+            notes.append(f"{metric}: {len(part)} setting(s), too few (or too alike) for a correlation; the map "
+                         "needs more settings (datasets, n and lambda sweeps).")
     return Result("conflict_vs_gain", data, fig, sources, notes)
 
 
@@ -588,13 +588,17 @@ def paired_bootstrap(run_dir, dataset: str, metric: str = "N@1", split: str = "t
     return out
 
 
+def _p_text(test: dict) -> str:
+    return f"p < {1 / test['n_boot']:.2g}" if test["p_value"] == 0 else f"p = {test['p_value']:.3g}"
+
+
 def bootstrap_verdict(test: dict, a: str = "F-GRPO", b: str = "GRPO") -> str:
     """One sentence from `paired_bootstrap`."""
     head = f"{test['dataset']}, {test['metric']}"
     if test["n_pairs"] == 0:
         return f"{head}: no paired {a} and {b} queries."
     span = (f"{test['mean']:+.3f} (95% bootstrap CI {test['ci_low']:+.3f} to {test['ci_high']:+.3f}, "
-            f"p = {test['p_value']:.3g}, {test['n_pairs']} query pairs over {test['n_seeds']} seeds)")
+            f"{_p_text(test)}, {test['n_pairs']} query pairs over {test['n_seeds']} seeds)")
     if test["ci_low"] > 0:
         return f"{head}: {a} beats {b} by {span}."
     if test["ci_high"] < 0:
@@ -647,3 +651,35 @@ def save_result(result: Result, figures_dir, params: dict | None = None, run_dir
         plt.close(fig)
     write_sidecar(result, out / f"{result.name}.json", params, run_dir, [p.name for p in paths])
     return paths
+
+
+# ---------------------------------------------------------------- sentences for the notebook
+
+
+def validity_note(table: pd.DataFrame, threshold: float = 0.05) -> str:
+    """A warning when no trained method writes valid rollouts on more than `threshold` of
+    queries: zero ranking metrics then measure the format, not slate or ranking quality."""
+    valid = table[(table["metric"] == "ValidRatio") & table["method"].isin(("SFT",) + RL_METHODS)]
+    if valid.empty or (valid["mean"] > threshold).any():
+        return ""
+    shares = ", ".join(f"{r.dataset} {r.method} {r.mean:.1%}" for r in valid.itertuples())
+    return (f"No trained method wrote valid rollouts on more than {threshold:.0%} of queries ({shares}): the "
+            "ranking metrics are zero for want of valid output, not a comparison of the methods.")
+
+
+def win_summary(tests: Sequence[dict], a: str = "F-GRPO", b: str = "GRPO") -> str:
+    """Where `a` wins, loses and is indistinguishable from `b`, over bootstrap tests."""
+    def name(t):
+        return f"{t['dataset']} {t['metric']}"
+
+    tested = [t for t in tests if t["n_pairs"]]
+    wins = [name(t) for t in tested if t["ci_low"] > 0]
+    losses = [name(t) for t in tested if t["ci_high"] < 0]
+    ties = [name(t) for t in tested if not (t["ci_low"] > 0 or t["ci_high"] < 0)]
+    if not tested:
+        return f"No paired {a} and {b} results to compare."
+    parts = [f"{a} beats {b} on {len(wins)} of {len(tested)} tests" + (f" ({', '.join(wins)})" if wins else "")]
+    parts.append(f"{a} does not win on {len(losses) + len(ties)}: worse on "
+                 f"{', '.join(losses) if losses else 'none'}, no detectable difference on "
+                 f"{', '.join(ties) if ties else 'none'}")
+    return "; ".join(parts) + "."

@@ -214,3 +214,12 @@ def test_empty_run_is_reported_not_raised(tmp_path):
                    A.advantage_conflicts(empty, "ml-1m"), A.conflict_vs_gain(empty), A.main_results_table(empty)):
         assert result.status in ("empty", "not run") and result.notes
     assert A.lambda_sensitivity(empty, "ml-1m").status == "not run"
+
+
+def test_sentences(run, tmp_path):
+    tests = [A.paired_bootstrap(run, "ml-1m", m, n_boot=200) for m in ("N@1", "ValidRatio")]
+    text = A.win_summary(tests)
+    assert "beats GRPO on 1 of 2 tests (ml-1m N@1)" in text and "no detectable difference on ml-1m ValidRatio" in text
+    assert A.validity_note(A.main_results_table(run).data) == ""
+    zero = A.main_results_table(run).data.assign(mean=0.0)
+    assert "zero for want of valid output" in A.validity_note(zero)

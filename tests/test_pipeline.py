@@ -1,0 +1,83 @@
+"""The papermill pipeline: error paths (fast) and the whole smoke profile end to end (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from fgrpo_nb import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("training_dynamics_ml-1m", "error_breakdown_ml-1m", "advantage_conflicts_ml-1m",
+           "lambda_sensitivity_ml-1m", "slate_size_ml-1m", "conflict_vs_gain")
+
+
+def test_unknown_profile_names_the_allowed_ones(capsys):
+    assert pipeline.main(["--profile", "nope", "--only", "04"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown profile 'nope'" in err and "'smoke'" in err and "'cpu'" in err and "'gpu'" in err
+
+
+def test_unknown_parameter_names_the_allowed_ones(capsys):
+    assert pipeline.main(["--profile", "smoke", "--only", "04", "-p", "bogus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) ['bogus']" in err and "'n_bootstrap'" in err and "'run_dir'" in err
+
+
+def test_profiles_pass_only_declared_keys():
+    for name in pipeline.PROFILES:
+        params = pipeline.resolve_profile(name)
+        assert "{run_name}" not in json.dumps(params)
+    declared = pipeline.notebook_parameters(ROOT / "notebooks" / "04_credit_assignment_analysis.ipynb")
+    smoke = pipeline.resolve_profile("smoke")
+    assert {k for k in smoke if k in declared} == {"run_dir", "figures_dir", "n_bootstrap"}
+    assert pipeline.resolve_profile("gpu")["style"] == "chat"
+
+
+def test_failing_notebook_exits_nonzero_naming_notebook_and_cell(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('run_dir: str = "runs/x"  # run folder', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setattr(pipeline, "list_notebooks", lambda *a: [path])
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["--profile", "smoke", "-p", "run_dir", str(tmp_path / "run")])
+    message = str(exit_info.value.code)
+    assert exit_info.value.code not in (0, None)
+    assert "99_broken.ipynb failed in cell" in message and "broken on purpose" in message
+    assert (tmp_path / "run" / "notebooks" / "99_broken.ipynb").exists()  # the executed copy is kept
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end(tmp_path):
+    run, figures = tmp_path / "run", tmp_path / "figures"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fgrpo_nb.pipeline", "--profile", "smoke", "-p", "run_dir", str(run),
+                           "-p", "figures_dir", str(figures)], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    timings = json.loads((run / "pipeline_timings.json").read_text())
+    assert [name[:2] for name in timings] == ["01", "02", "03", "04"]
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 0
+        sidecar = json.loads((figures / f"{name}.json").read_text())
+        assert sidecar["git_commit"] and sidecar["parameters"]["run_dir"] == str(run)
+        assert sidecar["status"] in ("ok", "not run") and sidecar["notes"]
+    table = pd.read_csv(figures / "main_results.csv")
+    assert list(table.columns) == ["dataset", "method", "metric", "mean", "ci_low", "ci_high", "n_seeds"]
+    assert {"F-GRPO", "GRPO", "SFT"} <= set(table["method"]) and set(table["n_seeds"]) == {2}
+    assert (figures / "main_results.md").exists() and (figures / "main_results.tex").exists()
+    assert wall < 600, f"smoke pipeline took {wall:.0f} s"
+    print(f"smoke pipeline wall time: {wall:.0f} s; per notebook: {timings}")
