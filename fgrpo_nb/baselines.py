@@ -25,8 +25,9 @@ For GPU users (not run here):
 - The zero-shot path takes any chat model: `run_baselines(..., zero_shot_model="Qwen/Qwen3-4B-
   Instruct-2507")` loads it through `models.load_model` (hub id or local folder), and the
   method name gets its short name, e.g. `Zero-shot (single-step, Qwen3-4B-Instruct-2507)`.
-  Raise `zero_shot_batch_size` and move the model to the GPU via `load_model(..., device_map=
-  "cuda")` if you call `zero_shot_texts` yourself.
+  To decode on a GPU, load the model yourself (`load_model(hub_id, device_map="cuda")`) and
+  call `zero_shot_texts` with a larger `batch_size`; `experiment.generate_greedy` must then
+  put its inputs on `model.device` (as written it leaves them on the CPU).
 - RankZephyr and MonoT5 (the paper's zero-shot rerankers) fit as order functions: write
   `order_fn(episode) -> [candidate ids, best first]` and call `evaluate_baseline("RankZephyr",
   order_fn, ...)`. RankZephyr (`castorini/rank_zephyr_7b_v1_full`, through the `rank_llm`
@@ -194,9 +195,8 @@ def zero_shot_texts(model, tokenizer, episodes: Sequence[Episode], mode: str, n:
     selections = generate_greedy(model, tokenizer, [selection_prompt(ep, n) for ep in episodes], SELECT_TOKENS,
                                  batch_size, progress)
     # Only a well-formed slate goes on to be ranked: an invalid one makes the rollout invalid anyway.
-    slates = {i: parse_rollout(sel, pool_labels(ep, "chat"), n=n, k=k).slate
-              for i, (ep, sel) in enumerate(zip(episodes, selections))
-              if parse_rollout(sel, pool_labels(ep, "chat"), n=n, k=k).slate_valid}
+    parsed = [parse_rollout(sel, pool_labels(ep, "chat"), n=n, k=k) for ep, sel in zip(episodes, selections)]
+    slates = {i: r.slate for i, r in enumerate(parsed) if r.slate_valid}
     ranked = generate_greedy(model, tokenizer, [ranking_prompt(episodes[i], s, k) for i, s in slates.items()],
                              RANK_TOKENS, batch_size, progress) if slates else []
     answers = dict(zip(slates, ranked))
