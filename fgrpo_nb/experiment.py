@@ -49,6 +49,7 @@ class ExperimentConfig:
     sft_epochs: float = 1.0
     sft_lr: float = 1e-3
     sft_batch_size: int = 32
+    sft_slate_order: str = "pool"  # order of the (order-free) slate in SFT targets: "pool" or "shuffled"
     # RL
     rl_steps: int = 200
     prompts_per_step: int = 8  # prompts per step; completions per step = prompts_per_step * group_size
@@ -88,7 +89,7 @@ def sft_records(episodes: Sequence[Episode], teacher: Teacher, cfg: ExperimentCo
     rng = random.Random(seed)
     rows = []
     for ep in episodes:
-        slate, ranking = teacher_rollout_ids(ep, teacher(ep), cfg.n, cfg.k, rng)
+        slate, ranking = teacher_rollout_ids(ep, teacher(ep), cfg.n, cfg.k, rng, cfg.sft_slate_order)
         to_label = {cid: label for label, cid in label_to_id(ep, cfg.style).items()}
         text = render_rollout([to_label[c] for c in slate], [to_label[c] for c in ranking])
         prompt = render_prompt(ep, cfg.style, cfg.n, cfg.k)

@@ -55,7 +55,7 @@ def make_teacher(kind: str, counts: Mapping[str, int] | None = None, seed: int =
 
 
 def teacher_rollout_ids(episode: Episode, order: Sequence[str], n: int, k: int,
-                        rng: random.Random) -> tuple[list[str], list[str]]:
+                        rng: random.Random, slate_order: str = "shuffled") -> tuple[list[str], list[str]]:
     """An SFT target: slate = relevant + teacher filler up to n, shuffled (the slate is a set);
     ranking = relevant first (shuffled among themselves), then filler in teacher order, up to k."""
     relevant = list(episode.relevant)
@@ -65,5 +65,11 @@ def teacher_rollout_ids(episode: Episode, order: Sequence[str], n: int, k: int,
     rel_in = [cid for cid in relevant if cid in in_slate]
     rng.shuffle(rel_in)
     ranking = (rel_in + [cid for cid in filler if cid in in_slate])[:k]
-    rng.shuffle(slate)
+    if slate_order == "pool":
+        position = {cid: i for i, cid in enumerate(episode.pool_ids)}
+        slate.sort(key=position.__getitem__)
+    elif slate_order == "shuffled":
+        rng.shuffle(slate)
+    else:
+        raise ValueError(f"slate_order must be 'shuffled' or 'pool', got {slate_order!r}")
     return slate, ranking
