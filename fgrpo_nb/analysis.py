@@ -9,7 +9,7 @@ sidecar (parameters, git commit, files read) under the figures folder.
 Sweeps. `experiment.py` has one layout per run, so a sweep is a set of runs: each setting
 gets its own run folder under `<run_dir>/sweeps/<name>/` (e.g. `sweeps/lambda_0.5/`) with
 its own `train/` tree, made by running notebook 03 with `run_dir` set to it (see
-`pipeline.run_sweep`). The value a run was trained with is read from each unit's
+`pipeline.run_sweeps`). The value a run was trained with is read from each unit's
 `done.json` config (`phase_lambda`, `n`, ...), never from the folder name, and the main
 run counts as one more setting. A sweep with fewer than two values is "not run in this
 profile".
@@ -365,16 +365,31 @@ def sweep_summary(data: pd.DataFrame, key: str, metrics: Sequence[str]) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def hold_fixed(data: pd.DataFrame, hold: Sequence[str]) -> pd.DataFrame:
+    """Rows whose `hold` config values equal the main run's (the most common value when the
+    main run has none), so a lambda sweep is not mixed with runs of another slate size."""
+    for column in hold:
+        if column in data and data[column].notna().any():
+            main = data[(data["run"] == ".") & data[column].notna()]
+            value = (main if len(main) else data)[column].mode().iloc[0]
+            data = data[data[column] == value]
+    return data
+
+
 def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence[str], name: str,
-                  split: str) -> Result:
+                  split: str, hold: Sequence[str] = ()) -> Result:
     import matplotlib.pyplot as plt
 
     data, sources = sweep_table(run_dir, dataset, key, split)
+    if len(data):
+        data = hold_fixed(data, hold)
+        runs = set(data["run"])
+        sources = [s for s in sources if (s.split("/train/")[0] if s.startswith("sweeps/") else ".") in runs]
     values = sorted(data[key].unique()) if len(data) else []
     if len(values) < 2:
         found = f" (only {key} = {values[0]:g} found)" if values else ""
-        return _empty(name, f"{dataset}: {label} sweep not run in this profile{found}; run notebook 03 with run_dir "
-                            f"under <run_dir>/sweeps/ and other {key} values to fill it.", "not run")
+        return _empty(name, f"{dataset}: {label} sweep not run in this profile{found}; fgrpo_nb.pipeline.run_sweeps "
+                            f"runs notebook 03 per {key} value under <run_dir>/sweeps/.", "not run")
     summary = sweep_summary(data, key, metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -404,13 +419,13 @@ def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence
 def lambda_sensitivity(run_dir, dataset: str, split: str = "test") -> Result:
     """N@1 and R@1 against the ranking weight lambda, GRPO and F-GRPO (paper: 1.0 best)."""
     return _sweep_figure(run_dir, dataset, "phase_lambda", "lambda (ranking weight)", ("N@1", "R@1"),
-                         f"lambda_sensitivity_{dataset}", split)
+                         f"lambda_sensitivity_{dataset}", split, hold=("n",))
 
 
 def slate_size(run_dir, dataset: str, split: str = "test") -> Result:
     """R@k and N@k against the slate size n (paper: n = 10 best of 5, 10, 15)."""
     return _sweep_figure(run_dir, dataset, "n", "slate size n", ("R@5", "N@5", "SlateRecall"),
-                         f"slate_size_{dataset}", split)
+                         f"slate_size_{dataset}", split, hold=("phase_lambda",))
 
 
 # ---------------------------------------------------------------- conflict vs gain

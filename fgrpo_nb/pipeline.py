@@ -41,6 +41,7 @@ PROFILES: dict[str, dict] = {
         "max_completion_length": 24,
         "n_eval": 16,
         "n_bootstrap": 200,  # 04: bootstrap resamples
+        "sweeps": {"phase_lambda": [0.5], "n": [5]},  # run_sweeps: one extra value each
     },
     # the default: what the committed figures come from (2-core CPU, under 45 minutes);
     # values of notebook 03 are placeholders equal to its defaults until they are tuned
@@ -58,6 +59,7 @@ PROFILES: dict[str, dict] = {
         "k": 5,
         "n_eval": 1000,
         "n_bootstrap": 2000,
+        "sweeps": {},  # the paper's sweeps cost a notebook 03 each: too slow for the 45-minute budget
     },
     # for users with a GPU and the hub; untested here. Qwen3-4B-Instruct-2507 in chat
     # style, the paper's group size and RL length; learning rates for a full-weight 4B model.
@@ -77,6 +79,7 @@ PROFILES: dict[str, dict] = {
         "max_completion_length": 128,
         "n_eval": 1000,
         "n_bootstrap": 2000,
+        "sweeps": {"phase_lambda": [0.25, 0.5, 2.0], "n": [5, 15]},  # the paper's lambda and slate-size sweeps
     },
 }
 
@@ -147,6 +150,36 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
         timings[nb.name] = round(time.perf_counter() - start, 1)
         log(f"[pipeline] {nb.name} done in {timings[nb.name]:.0f} s")
     (run_dir / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    return timings
+
+
+def sweep_dir(run_dir: Path, key: str, value) -> Path:
+    """Where one sweep setting's run lives: <run_dir>/sweeps/<key>_<value> (analysis.sweep_runs)."""
+    return Path(run_dir) / "sweeps" / f"{key}_{value}"
+
+
+def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict | None = None,
+               log=print) -> dict[str, dict[str, float]]:
+    """Notebook 03 once per swept value (profile's `sweeps`, e.g. {"phase_lambda": [0.5]}),
+    each into its own run folder under <run_dir>/sweeps/ that shares the main run's episodes
+    (a symlink to <run_dir>/data). Run after the main pipeline, then notebook 04 again
+    (`--only 04`) to draw the sweeps. Returns wall seconds per sweep folder."""
+    overrides = overrides or {}
+    params = resolve_profile(profile, overrides)
+    sweeps = params.get("sweeps", {}) if sweeps is None else sweeps
+    run_dir = REPO_ROOT / params["run_dir"]
+    notebooks = [nb for nb in list_notebooks() if nb.name.startswith("03")]
+    timings = {}
+    for key, values in sweeps.items():
+        for value in values:
+            folder = sweep_dir(run_dir, key, value)
+            folder.mkdir(parents=True, exist_ok=True)
+            if (run_dir / "data").exists() and not (folder / "data").exists():
+                (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
+            log(f"[pipeline] sweep {key} = {value} -> {folder}")
+            timings[folder.name] = run_pipeline(profile, {**overrides, "run_dir": str(folder),
+                                                          "figures_dir": str(folder / "figures"), key: value},
+                                                notebooks, log)
     return timings
 
 

@@ -223,3 +223,14 @@ def test_sentences(run, tmp_path):
     assert A.validity_note(A.main_results_table(run).data) == ""
     zero = A.main_results_table(run).data.assign(mean=0.0)
     assert "zero for want of valid output" in A.validity_note(zero)
+
+
+def test_sweeps_hold_the_other_setting_fixed(run):
+    write_synthetic_run(run / "sweeps" / "n_5", n=5, hit_shift=-6)  # lambda 1, another slate size
+    lam = A.lambda_sensitivity(run, "ml-1m")
+    f = lam.data[(lam.data["method"] == "F-GRPO") & (lam.data["metric"] == "N@1")].set_index("phase_lambda")
+    assert f.loc[1.0, "mean"] == pytest.approx(0.55) and f.loc[1.0, "n_seeds"] == 3  # the n = 5 run is left out
+    assert not any(s.startswith("sweeps/n_5/") for s in lam.sources)
+    size = A.slate_size(run, "ml-1m")
+    assert size.status == "ok" and set(size.data["n"]) == {5, 10}
+    assert not any(s.startswith("sweeps/lambda_0.5/") for s in size.sources)

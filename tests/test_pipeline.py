@@ -81,3 +81,20 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert (figures / "main_results.md").exists() and (figures / "main_results.tex").exists()
     assert wall < 600, f"smoke pipeline took {wall:.0f} s"
     print(f"smoke pipeline wall time: {wall:.0f} s; per notebook: {timings}")
+    assert json.loads((figures / "slate_size_ml-1m.json").read_text())["status"] == "not run"
+
+    # the profile's sweeps (notebook 03 per value, sharing the episodes), then notebook 04 again
+    start = time.perf_counter()
+    code = (f"from fgrpo_nb.pipeline import run_sweeps; run_sweeps('smoke', {{'run_dir': {str(run)!r}, "
+            f"'figures_dir': {str(figures)!r}}})")
+    for cmd in ([sys.executable, "-c", code],
+                [sys.executable, "-m", "fgrpo_nb.pipeline", "--profile", "smoke", "--only", "04", "-p", "run_dir",
+                 str(run), "-p", "figures_dir", str(figures)]):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, key, values in (("lambda_sensitivity_ml-1m", "phase_lambda", [0.5, 1.0]),
+                              ("slate_size_ml-1m", "n", [5, 10])):
+        sidecar = json.loads((figures / f"{name}.json").read_text())
+        assert sidecar["status"] == "ok", sidecar["notes"]
+        assert any(f.startswith(f"sweeps/{key}_") for f in sidecar["run_files"])
+    print(f"sweeps and notebook 04 again: {time.perf_counter() - start:.0f} s")
