@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_fgrpo_vs_grpo.ipynb"
-SMALL = dict(seeds=[0], sft_episodes=32, rl_steps=2, n_eval=8, prompts_per_step=2, group_size=4,
+SMALL = dict(seeds=[0], baselines=["random", "popularity"], sft_episodes=32, rl_steps=2, n_eval=8, prompts_per_step=2, group_size=4,
              max_completion_length=16)
 
 
@@ -30,6 +30,8 @@ def test_notebook_03_runs_and_resumes(tmp_path):
     logged = [s for s in steps if "rewards/coverage_reward/mean" in s]
     assert len(logged) == SMALL["rl_steps"] and all("phase/conflict_rate" in s for s in logged)
     assert (tmp_path / "figures" / "03_learning_curves_ml-1m.png").exists()
+    for baseline in ("Random", "Popularity"):  # baselines score the same test episodes
+        assert json.loads((seed_dir / baseline / "eval_test.json").read_text())["n_queries"] == SMALL["n_eval"]
 
     before = {p: p.stat().st_mtime_ns for p in seed_dir.glob("*/done.json")}
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out2.ipynb"), parameters=params,
