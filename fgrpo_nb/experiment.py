@@ -49,6 +49,7 @@ class ExperimentConfig:
     sft_epochs: float = 1.0
     sft_lr: float = 1e-3
     sft_batch_size: int = 32
+    sft_seed: int | None = None  # None: an SFT per seed; an int: every seed's RL starts from that seed's SFT
     sft_slate_order: str = "pool"  # order of the (order-free) slate in SFT targets: "pool" or "shuffled"
     # RL
     rl_steps: int = 200
@@ -336,9 +337,10 @@ def run_seed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], teacher:
     dataset = episodes["train"][0].dataset
     vocab = tiny_vocab([e for split in episodes.values() for e in split])
     results: dict[str, dict] = {}
-    sft_out = unit_dir(run_dir, dataset, seed, "sft")
+    sft_seed = seed if cfg.sft_seed is None else cfg.sft_seed
+    sft_out = unit_dir(run_dir, dataset, sft_seed, "sft")
     start = time.perf_counter()
-    sft_model = run_sft(cfg, episodes["train"], vocab, teacher, sft_out, seed)
+    sft_model = run_sft(cfg, episodes["train"], vocab, teacher, sft_out, sft_seed)
     results["sft"] = {s: evaluate_checkpoint(sft_model, episodes[s], cfg, sft_out, s) for s in eval_splits}
     log(f"seed {seed} SFT: {time.perf_counter() - start:.0f} s")
     for method in methods:
