@@ -104,13 +104,22 @@ def _opposed(own: torch.Tensor, joint: torch.Tensor, eps: float = 0.0) -> torch.
     return (own * joint < 0) & (own.abs() > eps) & (joint.abs() > eps)
 
 
-def conflict_counts(a_gen, a_rank, slate_mask, token_mask, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(conflicting tokens, all tokens): a token conflicts when the joint GRPO-style
-    advantage A_gen + lam * A_rank pushes it opposite to its own phase's advantage."""
+def phase_conflict_counts(a_gen, a_rank, slate_mask, token_mask, lam: float) -> torch.Tensor:
+    """Counts [slate conflicts, rank conflicts, slate tokens, rank tokens]: a token conflicts
+    when the joint GRPO-style advantage A_gen + lam * A_rank pushes it opposite to its own
+    phase's advantage (A_gen on slate tokens, lam * A_rank on ranking tokens)."""
     own = route_advantages(a_gen, a_rank, slate_mask, lam)
     joint = (a_gen + lam * a_rank).unsqueeze(1)
-    conflict = _opposed(own, joint) & token_mask.bool()
-    return conflict.sum().float(), token_mask.sum().float()
+    tokens = token_mask.bool()
+    conflict = _opposed(own, joint) & tokens
+    slate, rank = slate_mask.bool() & tokens, ~slate_mask.bool() & tokens
+    return torch.stack([(conflict & slate).sum(), (conflict & rank).sum(), slate.sum(), rank.sum()]).float()
+
+
+def conflict_counts(a_gen, a_rank, slate_mask, token_mask, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conflicting tokens, all tokens), both phases together."""
+    counts = phase_conflict_counts(a_gen, a_rank, slate_mask, token_mask, lam)
+    return counts[0] + counts[1], counts[2] + counts[3]
 
 
 def advantage_conflict_rate(phase_adv, joint_adv, weights=None, eps: float = 1e-8) -> float:

@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 # The advantage arithmetic lives in fgrpo_nb.advantages; the trainer's rewards come as one
 # (B, 2) tensor, hence the per-func variant under the name the trainer uses.
-from fgrpo_nb.advantages import conflict_counts, route_advantages
+from fgrpo_nb.advantages import phase_conflict_counts, route_advantages
 from fgrpo_nb.advantages import phase_advantages_per_func as phase_advantages
 from fgrpo_nb.rollout import SLATE_CLOSE
 
@@ -153,14 +153,16 @@ class PhaseMixin:
         for name, adv in (("gen", a_gen), ("rank", a_rank)):  # global, one value per completion
             metrics[f"phase/adv_{name}_abs_mean"].append(adv.abs().mean().item())
             metrics[f"phase/adv_{name}_std"].append(adv.std().item() if adv.numel() > 1 else 0.0)
-        conflicts, tokens = conflict_counts(local_gen, local_rank, slate_mask, token_mask, phase_lambda)
-        slate_tokens = (slate_mask & token_mask.bool()).sum().float()
-        closed = torch.tensor(float(sum(c is not None for c in counts)), device=tokens.device)
-        rows = torch.tensor(float(len(counts)), device=tokens.device)
-        totals = self.accelerator.reduce(torch.stack([conflicts, tokens, slate_tokens, closed, rows]), "sum")
-        metrics["phase/conflict_rate"].append((totals[0] / totals[1].clamp(min=1.0)).item())
-        metrics["phase/slate_token_frac"].append((totals[2] / totals[1].clamp(min=1.0)).item())
-        metrics["phase/slate_closed_frac"].append((totals[3] / totals[4].clamp(min=1.0)).item())
+        by_phase = phase_conflict_counts(local_gen, local_rank, slate_mask, token_mask, phase_lambda)
+        closed = float(sum(c is not None for c in counts))
+        local = torch.cat([by_phase, torch.tensor([closed, float(len(counts))], device=by_phase.device)])
+        slate_conf, rank_conf, slate_tok, rank_tok, closed, rows = self.accelerator.reduce(local, "sum")
+        tokens = (slate_tok + rank_tok).clamp(min=1.0)
+        metrics["phase/conflict_rate"].append(((slate_conf + rank_conf) / tokens).item())
+        metrics["phase/conflict_rate_gen"].append((slate_conf / slate_tok.clamp(min=1.0)).item())
+        metrics["phase/conflict_rate_rank"].append((rank_conf / rank_tok.clamp(min=1.0)).item())
+        metrics["phase/slate_token_frac"].append((slate_tok / tokens).item())
+        metrics["phase/slate_closed_frac"].append((closed / rows.clamp(min=1.0)).item())
 
 
 class FGRPOTrainer(PhaseMixin, GRPOTrainer):

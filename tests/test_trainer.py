@@ -10,14 +10,14 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 import fgrpo_helpers as H
-from fgrpo_nb.advantages import conflict_counts, group_advantages, phase_advantages_per_func, route_advantages
+from fgrpo_nb.advantages import conflict_counts, group_advantages, phase_conflict_counts, phase_advantages_per_func, route_advantages
 from fgrpo_nb.trainer import (
     TOKEN_LEVEL_LOSSES, FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, make_trainer, slate_mask_from_counts,
     slate_token_counts,
 )
 
 PHASE_METRICS = ("phase/reward_gen_mean", "phase/reward_rank_mean", "phase/adv_gen_abs_mean", "phase/adv_gen_std",
-                 "phase/adv_rank_abs_mean", "phase/adv_rank_std", "phase/conflict_rate")
+                 "phase/adv_rank_abs_mean", "phase/adv_rank_std", "phase/conflict_rate", "phase/conflict_rate_gen", "phase/conflict_rate_rank")
 
 
 def test_token_level_losses_match_trl_source():
@@ -194,6 +194,8 @@ def test_conflict_counts():
     # row 1: joint = -1; slate token (-1) agrees, ranking token has zero own advantage: no conflict.
     conflicts, tokens = conflict_counts(a_gen, a_rank, mask, token_mask, 1.0)
     assert (conflicts.item(), tokens.item()) == (1.0, 5.0)
+    # per phase: [slate conflicts, rank conflicts, slate tokens, rank tokens]
+    assert phase_conflict_counts(a_gen, a_rank, mask, token_mask, 1.0).tolist() == [1.0, 0.0, 2.0, 3.0]
 
 
 # ---------------------------------------------------------------- edge cases
