@@ -125,6 +125,26 @@ def is_done(folder: Path) -> bool:
     return (folder / "done.json").exists()
 
 
+# The fields that decide an SFT checkpoint; an RL unit depends on every field.
+SFT_FIELDS = ("model", "style", "n", "k", "tiny_hidden", "tiny_layers", "sft_episodes", "sft_epochs", "sft_lr",
+              "sft_batch_size", "sft_slate_order", "lora_r")
+
+
+def reuse_if_done(folder: Path, cfg: ExperimentConfig, fields: Sequence[str] | None = None) -> bool:
+    """True when `folder` finished with the same parameters; a finished unit made with other
+    parameters is an error, so a resumed run never mixes settings silently."""
+    if not is_done(folder):
+        return False
+    stored = json.loads((folder / "done.json").read_text()).get("config", {})
+    current = asdict(cfg)
+    keys = fields or current.keys()
+    changed = {k: (stored.get(k), current[k]) for k in keys if stored.get(k, current[k]) != current[k]}
+    if changed:
+        raise ValueError(f"{folder} was trained with other parameters {changed} (stored, now); "
+                         "use another run_dir or delete that folder to retrain")
+    return True
+
+
 def mark_done(folder: Path, **info) -> None:
     (folder / "done.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
@@ -221,7 +241,7 @@ def run_sft(cfg: ExperimentConfig, train: Sequence[Episode], vocab: Sequence[str
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    if is_done(out):
+    if reuse_if_done(out, cfg, SFT_FIELDS):
         return out / "model"
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(seed)
@@ -253,7 +273,7 @@ def run_rl(method: str, cfg: ExperimentConfig, train: Sequence[Episode], sft_mod
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if is_done(out):
+    if reuse_if_done(out, cfg):
         return out / "model"
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(seed)

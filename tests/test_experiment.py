@@ -1,0 +1,55 @@
+"""Pure parts of the experiment runner: SFT targets, vocabulary, resumability guard."""
+
+import json
+import random
+
+import pytest
+
+from fgrpo_nb.episodes import Candidate, Episode
+from fgrpo_nb.experiment import ExperimentConfig, SFT_FIELDS, mark_done, reuse_if_done, sft_records, tiny_vocab
+from fgrpo_nb.rollout import parse_rollout
+from fgrpo_nb.teachers import teacher_rollout_ids
+
+
+def _episode(pool=("i1", "i2", "i3", "i4", "i5", "i6"), relevant=("i4",)):
+    return Episode("u1@3", "rec", "toy", "train", "A | B", tuple(Candidate(c, c.upper()) for c in pool),
+                   tuple(relevant), history=("i9", "i8"))
+
+
+def test_teacher_target_slate_holds_relevant_then_filler_and_ranks_relevant_first():
+    ep = _episode()
+    order = ["i1", "i2", "i4", "i3", "i5", "i6"]  # teacher: i1 most popular
+    slate, ranking = teacher_rollout_ids(ep, order, n=3, k=2, rng=random.Random(0), slate_order="pool")
+    assert slate == ["i1", "i2", "i4"]  # relevant + 2 best filler, listed in pool order
+    assert ranking == ["i4", "i1"]  # relevant first, then filler in teacher order
+    shuffled, _ = teacher_rollout_ids(ep, order, n=3, k=2, rng=random.Random(1), slate_order="shuffled")
+    assert sorted(shuffled) == sorted(slate)
+    with pytest.raises(ValueError, match="pool"):
+        teacher_rollout_ids(ep, order, n=3, k=2, rng=random.Random(0), slate_order="sorted")
+
+
+def test_sft_records_are_valid_rollouts_in_label_space():
+    ep = _episode()
+    cfg = ExperimentConfig(n=3, k=2, style="slots")
+    row = sft_records([ep], lambda e: e.pool_ids, cfg, seed=0)[0]
+    assert row["completion"].startswith(" <SLATE>")  # a space keeps words apart when TRL concatenates
+    rollout = parse_rollout(row["completion"], [f"c{i}" for i in range(1, 7)], n=3, k=2)
+    assert rollout.valid and rollout.ranking[0] == "c4"  # i4 sits in slot 4
+
+
+def test_tiny_vocab_covers_slot_labels_history_and_pool():
+    vocab = tiny_vocab([_episode()])
+    assert {"c1", "c6", "i9", "i1", "<HIST>", "<POOL>", "<OUT>"} <= set(vocab)
+
+
+def test_reuse_if_done_refuses_a_unit_made_with_other_parameters(tmp_path):
+    cfg = ExperimentConfig()
+    assert not reuse_if_done(tmp_path, cfg)
+    mark_done(tmp_path, config={**cfg.__dict__})
+    assert reuse_if_done(tmp_path, cfg)
+    # an RL-only change leaves the SFT checkpoint reusable, but not the RL unit
+    rl_change = ExperimentConfig(lr=1e-5)
+    assert reuse_if_done(tmp_path, rl_change, SFT_FIELDS)
+    with pytest.raises(ValueError, match="other parameters"):
+        reuse_if_done(tmp_path, rl_change)
+    assert json.loads((tmp_path / "done.json").read_text())["config"]["lr"] == cfg.lr
