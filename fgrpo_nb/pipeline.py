@@ -48,8 +48,10 @@ PROFILES: dict[str, dict] = {
     "cpu": {
         "run_name": "cpu",
         "profile": "cpu",
-        "seeds": [0, 1, 2],
-        "sft_episodes": 3200,
+        "seeds": [0, 1, 2, 3],
+        "sft_episodes": 10000,
+        "sft_epochs": 2.0,
+        "sft_seed": 0,
         "rl_steps": 150,
         "prompts_per_step": 4,
         "group_size": 8,
@@ -85,7 +87,7 @@ PROFILES: dict[str, dict] = {
 
 
 def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]*_*.ipynb"))  # 03b_ sorts after 03_
 
 
 def notebook_parameters(path: Path) -> dict[str, dict]:
