@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_fgrpo_vs_grpo.ipynb"
-SMALL = dict(seeds=[0], baselines=["random", "popularity"], sft_episodes=32, rl_steps=2, n_eval=8, prompts_per_step=2, group_size=4,
+SMALL = dict(seeds=[0], baselines=["random", "popularity"], decoupled_seeds=[], sft_episodes=32, rl_steps=2, n_eval=8, prompts_per_step=2, group_size=4,
              max_completion_length=16)
 
 
