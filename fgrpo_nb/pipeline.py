@@ -188,7 +188,10 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
             ) from None
         timings[nb.name] = round(time.perf_counter() - start, 1)
         log(f"[pipeline] {nb.name} done in {timings[nb.name]:.0f} s")
-    (run_dir / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    # merge, so a partial rerun (--only) keeps the times of the notebooks it did not run
+    path = run_dir / "pipeline_timings.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
     return timings
 
 
