@@ -633,9 +633,18 @@ def git_commit(root: Path | None = None) -> str | None:
         return None
 
 
+def portable_path(path) -> str:
+    """Relative to the repository when inside it: committed sidecars name no machine's paths."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def write_sidecar(result: Result, path: Path, params: dict | None, run_dir, files: list[str]) -> None:
     sidecar = {"name": result.name, "status": result.status, "parameters": params or {},
-               "git_commit": git_commit(), "run_dir": str(run_dir) if run_dir is not None else None,
+               "git_commit": git_commit(), "run_dir": portable_path(run_dir) if run_dir is not None else None,
                "run_files": result.sources, "files": files, "notes": result.notes}
     path.write_text(json.dumps(sidecar, indent=1, default=str) + "\n")
 
