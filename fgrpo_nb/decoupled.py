@@ -92,7 +92,6 @@ from .experiment import (
     ValidityCounter,
     _num_layers,
     _set_seed,
-    base_model,
     evaluate_texts,
     generate_greedy,
     load_checkpoint,
@@ -101,6 +100,7 @@ from .experiment import (
     reuse_if_done,
     rl_records,
     save_model,
+    sft_on_rows,
     sft_records,
     tiny_vocab,
     unit_dir,
@@ -202,30 +202,8 @@ def make_ranker_reward(n: int, k: int, coverage: str = "recall", normaliser: str
 
 
 def _train_sft(cfg: ExperimentConfig, rows: list[dict], vocab: Sequence[str], out: Path, seed: int) -> Path:
-    """`experiment.run_sft` on given prompt-completion rows (same SFTTrainer set-up)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    if reuse_if_done(out, cfg, SFT_FIELDS):
-        return out / "model"
-    out.mkdir(parents=True, exist_ok=True)
-    _set_seed(seed)
-    model, tokenizer = base_model(cfg, vocab, seed)
-    args = SFTConfig(
-        output_dir=str(out / "trainer"), num_train_epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr,
-        per_device_train_batch_size=cfg.sft_batch_size, logging_steps=10, save_strategy="no", report_to=[],
-        bf16=False, seed=seed, max_length=None, lr_scheduler_type="cosine", warmup_steps=0.05,
-        gradient_checkpointing=False, disable_tqdm=False,
-    )
-    validity = ValidityCounter(lambda *a, **k: [])  # SFT scores nothing; keeps one log format
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=lora_config(cfg, _num_layers(model)),
-                         callbacks=[JsonlLogger(out / "log.jsonl", validity)])
-    start = time.perf_counter()
-    trainer.train()
-    save_model(trainer.model, tokenizer, out / "model")
-    mark_done(out, seconds=round(time.perf_counter() - start, 1), examples=len(rows), config=asdict(cfg))
-    return out / "model"
+    """`experiment.sft_on_rows`: the joint SFT's exact set-up, on selector or ranker rows."""
+    return sft_on_rows(cfg, rows, vocab, out, seed)
 
 
 def _train_grpo(cfg: ExperimentConfig, rows: list[dict], reward_fn, start_model: Path, out: Path, seed: int,

@@ -238,6 +238,14 @@ class ValidityCounter:
 def run_sft(cfg: ExperimentConfig, train: Sequence[Episode], vocab: Sequence[str], teacher: Teacher,
             out: Path, seed: int) -> Path:
     """Supervised warm start on teacher-filled target rollouts; returns the checkpoint folder."""
+    if reuse_if_done(out, cfg, SFT_FIELDS):
+        return out / "model"
+    rows = sft_records(list(train)[: cfg.sft_episodes], teacher, cfg, seed)
+    return sft_on_rows(cfg, rows, vocab, out, seed)
+
+
+def sft_on_rows(cfg: ExperimentConfig, rows: list[dict], vocab: Sequence[str], out: Path, seed: int) -> Path:
+    """TRL's SFTTrainer on prompt-completion rows, from a fresh base model; resumable."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -246,7 +254,6 @@ def run_sft(cfg: ExperimentConfig, train: Sequence[Episode], vocab: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(seed)
     model, tokenizer = base_model(cfg, vocab, seed)
-    rows = sft_records(list(train)[: cfg.sft_episodes], teacher, cfg, seed)
     args = SFTConfig(
         output_dir=str(out / "trainer"), num_train_epochs=cfg.sft_epochs, learning_rate=cfg.sft_lr,
         per_device_train_batch_size=cfg.sft_batch_size, logging_steps=10, save_strategy="no", report_to=[],
