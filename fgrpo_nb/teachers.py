@@ -56,8 +56,13 @@ def make_teacher(kind: str, counts: Mapping[str, int] | None = None, seed: int =
 
 def teacher_rollout_ids(episode: Episode, order: Sequence[str], n: int, k: int,
                         rng: random.Random, slate_order: str = "shuffled") -> tuple[list[str], list[str]]:
-    """An SFT target: slate = relevant + teacher filler up to n, shuffled (the slate is a set);
-    ranking = relevant first (shuffled among themselves), then filler in teacher order, up to k."""
+    """An SFT target: slate = relevant + teacher filler up to n; ranking = relevant first
+    (shuffled among themselves), then filler in teacher order, up to k.
+
+    The slate is a set, so its written order is free: "shuffled" (seeded) or "pool" (as a
+    subsequence of the pool). "pool" is what the tiny slot model can learn on a CPU budget:
+    increasing slot labels never repeat, so a valid slate needs no memory of what was written
+    (measured: SFT loss ~1.45 vs ~2.37 for shuffled targets after 300 steps)."""
     relevant = list(episode.relevant)
     filler = [cid for cid in order if cid not in set(relevant)]
     slate = (relevant + filler)[:n]
