@@ -7,7 +7,8 @@
   `<HIST> i12 i7 <POOL> c1 i5 c2 i9 ... <OUT>`, and rollouts written in the labels `c1 .. cN`.
   Why: a small ID model trained from scratch must learn to *copy* a candidate id from the
   prompt to write a valid slate in the "ids" style; measured here (hidden 128, 2 layers,
-  300 SFT steps of 32) its loss stayed at ~6 nats per token, i.e. no copying, no valid
+  300 SFT steps of 32; `benchmarks/sft_label_styles.py`) its loss stayed at ~6 nats per
+  token, i.e. no copying, no valid
   rollout. With slot labels the output space is the N labels and the format is learned in
   ~25 steps; writing distinct slots (validity) and picking the right ones are what SFT (with
   pool-ordered slate targets, see teachers.py) and RL then have to learn.
