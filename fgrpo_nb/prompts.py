@@ -8,8 +8,7 @@
   Why: a small ID model trained from scratch must learn to *copy* a candidate id from the
   prompt to write a valid slate in the "ids" style; measured here (hidden 128, 2 layers,
   300 SFT steps of 32; `benchmarks/sft_label_styles.py`) its loss stayed at ~6 nats per
-  token, i.e. no copying, no valid
-  rollout. With slot labels the output space is the N labels and the format is learned in
+  token, i.e. no copying, no valid rollout. With slot labels the output space is the N labels and the format is learned in
   ~25 steps; writing distinct slots (validity) and picking the right ones are what SFT (with
   pool-ordered slate targets, see teachers.py) and RL then have to learn.
 - "chat": a list of chat messages for an instruction-tuned LLM. Labels are short position
