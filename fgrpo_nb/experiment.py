@@ -361,29 +361,6 @@ def evaluate_checkpoint(model_dir: Path, episodes: Sequence[Episode], cfg: Exper
     return summary
 
 
-def run_seed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], teacher: Teacher, run_dir, seed: int,
-             methods: Sequence[str] = METHODS, eval_splits: Sequence[str] = ("validation", "test"),
-             log=print) -> dict[str, dict]:
-    """SFT, then each RL method from it, each evaluated on `eval_splits`. Returns
-    {method: {split: summary}} with "sft" included."""
-    dataset = episodes["train"][0].dataset
-    vocab = tiny_vocab([e for split in episodes.values() for e in split])
-    results: dict[str, dict] = {}
-    sft_seed = seed if cfg.sft_seed is None else cfg.sft_seed
-    sft_out = unit_dir(run_dir, dataset, sft_seed, "sft")
-    start = time.perf_counter()
-    sft_model = run_sft(cfg, episodes["train"], vocab, teacher, sft_out, sft_seed)
-    results["sft"] = {s: evaluate_checkpoint(sft_model, episodes[s], cfg, sft_out, s) for s in eval_splits}
-    log(f"seed {seed} SFT: {time.perf_counter() - start:.0f} s")
-    for method in methods:
-        start = time.perf_counter()
-        out = unit_dir(run_dir, dataset, seed, method)
-        model_dir = run_rl(method, cfg, episodes["train"], sft_model, out, seed)
-        results[method] = {s: evaluate_checkpoint(model_dir, episodes[s], cfg, out, s) for s in eval_splits}
-        log(f"seed {seed} {METHOD_NAMES[method]}: {time.perf_counter() - start:.0f} s")
-    return results
-
-
 def results_table(run_dir, dataset: str, split: str = "test") -> "pd.DataFrame":
     """One row per (seed, method) with every metric of eval_<split>.json found under the run."""
     import pandas as pd
@@ -468,19 +445,20 @@ def _record_wall(folder: Path, part: str, seconds: float) -> None:
     path.write_text(json.dumps(wall, indent=1, sort_keys=True) + "\n")
 
 
-def run_seed_timed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], teacher: Teacher, run_dir,
-                   seed: int, methods: Sequence[str] = METHODS, eval_splits: Sequence[str] = ("test",),
-                   log=print) -> dict[str, dict]:
-    """`run_seed`'s units (SFT, each RL method from it, greedy evaluation) with the wall time
-    of each training and evaluation part written to `<unit>/wall.json` when it runs (a rerun
-    that skips a finished part keeps the first time). Returns {method: {split: summary}}."""
+def run_seed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], teacher: Teacher, run_dir,
+             seed: int, methods: Sequence[str] = METHODS, eval_splits: Sequence[str] = ("validation", "test"),
+             log=print) -> dict[str, dict]:
+    """SFT (shared across seeds when cfg.sft_seed is set), then each RL method from it, each
+    evaluated greedily on `eval_splits`. The wall time of each training and evaluation part
+    goes to `<unit>/wall.json` when it runs (a rerun that skips a finished part keeps the
+    first time). Returns {method: {split: summary}} with "sft" included."""
     dataset = episodes["train"][0].dataset
     vocab = tiny_vocab([e for split in episodes.values() for e in split])
     results: dict[str, dict] = {}
     sft_seed = seed if cfg.sft_seed is None else cfg.sft_seed
     for method in ("sft", *methods):
         out = unit_dir(run_dir, dataset, sft_seed if method == "sft" else seed, method)
-        fresh = not is_done(out)
+        fresh = fresh_unit = not is_done(out)
         start = time.perf_counter()
         if method == "sft":
             model_dir = sft_model = run_sft(cfg, episodes["train"], vocab, teacher, out, sft_seed)
@@ -495,7 +473,7 @@ def run_seed_timed(cfg: ExperimentConfig, episodes: dict[str, list[Episode]], te
             results[method][split] = evaluate_checkpoint(model_dir, episodes[split], cfg, out, split)
             if fresh:
                 _record_wall(out, f"eval_{split}", time.perf_counter() - start)
-        log(f"seed {seed} {METHOD_NAMES[method]}: done")
+        log(f"seed {seed} {METHOD_NAMES[method]}: {'trained' if fresh_unit else 'reused'}")
     return results
 
 

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 
 from fgrpo_nb.episodes import Candidate, Episode
-from fgrpo_nb.experiment import (ExperimentConfig, lora_config, prompt_token_counts, run_seed_timed,
+from fgrpo_nb.experiment import (ExperimentConfig, lora_config, prompt_token_counts, run_seed,
                                  shorten_passages, top_layers_lora_config, unit_dir, wall_table)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,19 +73,19 @@ def _toy_rec(split: str, count: int) -> list[Episode]:
     return eps
 
 
-def test_run_seed_timed_writes_wall_times_and_skips_on_rerun(tmp_path):
+def test_run_seed_writes_wall_times_and_skips_on_rerun(tmp_path):
     from fgrpo_nb.teachers import make_teacher
 
     episodes = {"train": _toy_rec("train", 8), "test": _toy_rec("test", 3)}
     cfg = ExperimentConfig(n=3, k=2, tiny_hidden=16, tiny_layers=1, sft_episodes=8, sft_batch_size=4, rl_steps=1,
                            prompts_per_step=1, group_size=2, max_completion_length=10, eval_batch_size=4)
-    results = run_seed_timed(cfg, episodes, make_teacher("random"), tmp_path, 0, log=lambda *_: None)
+    results = run_seed(cfg, episodes, make_teacher("random"), tmp_path, 0, eval_splits=("test",), log=lambda *_: None)
     assert set(results) == {"sft", "fgrpo", "grpo"} and results["fgrpo"]["test"]["n_queries"] == 3
     wall = wall_table(tmp_path, "toy")
     assert set(wall["unit"]) == {"SFT", "F-GRPO", "GRPO"} and set(wall["part"]) == {"train", "eval_test"}
     assert (wall["seconds"] >= 0).all() and len(wall) == 6
     before = (unit_dir(tmp_path, "toy", 0, "grpo") / "wall.json").read_text()
-    run_seed_timed(cfg, episodes, make_teacher("random"), tmp_path, 0, log=lambda *_: None)
+    run_seed(cfg, episodes, make_teacher("random"), tmp_path, 0, eval_splits=("test",), log=lambda *_: None)
     assert (unit_dir(tmp_path, "toy", 0, "grpo") / "wall.json").read_text() == before
 
 
