@@ -26,24 +26,15 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 # The advantage arithmetic lives in fgrpo_nb.advantages; the trainer's rewards come as one
-# (B, 2) tensor, hence the per-func variant under the name the trainer uses.
-from fgrpo_nb.advantages import phase_conflict_counts, route_advantages
-from fgrpo_nb.advantages import phase_advantages_per_func as phase_advantages
-from fgrpo_nb.rollout import SLATE_CLOSE
-
-try:
-    from fgrpo_nb.rollout import slate_end_char
-except ImportError:  # the rollout parser may land later; the split must agree with it once it does
-
-    def slate_end_char(text: str) -> int | None:
-        end = text.find(SLATE_CLOSE)
-        return None if end < 0 else end + len(SLATE_CLOSE)
+# (B, 2) tensor, hence the per-func variant.
+from fgrpo_nb.advantages import SCALES as PHASE_SCALES
+from fgrpo_nb.advantages import phase_advantages_per_func, phase_conflict_counts, route_advantages
+from fgrpo_nb.rollout import slate_end_char  # the parser's own rule, so the split matches the rewards
 
 
 # Loss types whose per-token loss multiplies a per-token advantage; the others (luspo, vespo,
 # sequence-level importance sampling) collapse a sequence to one weight and would blur the phases.
 TOKEN_LEVEL_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
-PHASE_SCALES = ("none", "group")
 
 
 @dataclass
@@ -122,7 +113,7 @@ class PhaseMixin:
         """Local (B, T) routed advantages for `output`, logging the phase metrics."""
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        a_gen, a_rank = phase_advantages(self._phase_rewards, group_size, scale)
+        a_gen, a_rank = phase_advantages_per_func(self._phase_rewards, group_size, scale)
         completion_ids = output["completion_ids"]
         local = slice(
             self.accelerator.process_index * completion_ids.size(0),

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fgrpo_nb.data import load_episodes
+from notebook_runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_data_preparation.ipynb"
@@ -24,12 +25,10 @@ def test_committed_without_outputs():
 
 @pytest.mark.slow
 def test_notebook_01_runs(tmp_path):
-    import papermill
 
     params = dict(dataset="ml-100k", qa_dataset="musique", n_train=200, n_val=50, n_test=50,
                   seed=1, run_dir=str(tmp_path / "run"), figures_dir=str(tmp_path / "figures"))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "01.ipynb"), parameters=params,
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, tmp_path / "01.ipynb", **params)
     rec, qa = load_episodes(tmp_path / "run", "ml-100k"), load_episodes(tmp_path / "run", "musique")
     assert [len(rec[s]) for s in ("train", "validation", "test")] == [200, 50, 50]
     assert {e.task for v in qa.values() for e in v} == {"qa"}
@@ -39,11 +38,8 @@ def test_notebook_01_runs(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_01_rejects_bad_parameter(tmp_path):
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     with pytest.raises(PapermillExecutionError, match="ml-1m, ml-100k, lastfm"):
-        papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "bad.ipynb"),
-                                   parameters=dict(dataset="netflix", run_dir=str(tmp_path / "run"),
-                                                   figures_dir=str(tmp_path / "figures")),
-                                   kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+        run_notebook(NOTEBOOK.name, tmp_path / "bad.ipynb", dataset="netflix", run_dir=str(tmp_path / "run"),
+                     figures_dir=str(tmp_path / "figures"))

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from notebook_runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_fgrpo_vs_grpo.ipynb"
@@ -14,12 +15,10 @@ SMALL = dict(seeds=[0], baselines=["random", "popularity"], decoupled_seeds=[], 
 
 @pytest.mark.slow
 def test_notebook_03_runs_and_resumes(tmp_path):
-    import papermill
 
     run = tmp_path / "run"
     params = dict(run_dir=str(run), figures_dir=str(tmp_path / "figures"), **SMALL)
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, tmp_path / "out.ipynb", **params)
     seed_dir = run / "train" / "ml-1m" / "seed0"
     for method in ("sft", "grpo", "fgrpo"):
         assert (seed_dir / method / "done.json").exists()
@@ -34,6 +33,5 @@ def test_notebook_03_runs_and_resumes(tmp_path):
         assert json.loads((seed_dir / baseline / "eval_test.json").read_text())["n_queries"] == SMALL["n_eval"]
 
     before = {p: p.stat().st_mtime_ns for p in seed_dir.glob("*/done.json")}
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out2.ipynb"), parameters=params,
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, tmp_path / "out2.ipynb", **params)
     assert {p: p.stat().st_mtime_ns for p in seed_dir.glob("*/done.json")} == before

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from test_analysis import write_synthetic_run
+from notebook_runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_credit_assignment_analysis.ipynb"
@@ -31,15 +32,13 @@ def test_notebook_04_committed_clean():
 
 @pytest.mark.slow
 def test_notebook_04_on_synthetic_run(tmp_path):
-    import papermill
 
     run = write_synthetic_run(tmp_path / "run")
     write_synthetic_run(run / "sweeps" / "lambda_0.5", phase_lambda=0.5, hit_shift=-3)
     figures = tmp_path / "figures"
     out = tmp_path / "out.ipynb"
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
-    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=dict(run_dir=str(run), figures_dir=str(figures),
-                               n_bootstrap=200), kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, out, run_dir=str(run), figures_dir=str(figures), n_bootstrap=200)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # reads only
     for name in FIGURES:
         for ext in ("png", "pdf", "json"):
@@ -56,11 +55,8 @@ def test_notebook_04_on_synthetic_run(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_04_on_empty_run(tmp_path):
-    import papermill
 
     figures = tmp_path / "figures"
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"),
-                               parameters=dict(run_dir=str(tmp_path / "none"), figures_dir=str(figures)),
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, tmp_path / "out.ipynb", run_dir=str(tmp_path / "none"), figures_dir=str(figures))
     assert (figures / "main_results.csv").exists() and (figures / "conflict_vs_gain.png").exists()
     assert "No paired F-GRPO and GRPO results" in stdout_of(tmp_path / "out.ipynb")

@@ -14,6 +14,7 @@ import pytest
 from fgrpo_nb.episodes import Candidate, Episode
 from fgrpo_nb.experiment import (ExperimentConfig, lora_config, prompt_token_counts, run_seed,
                                  shorten_passages, top_layers_lora_config, unit_dir, wall_table)
+from notebook_runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03b_qa_fgrpo_vs_grpo.ipynb"
@@ -100,12 +101,10 @@ SMALL = dict(qa_seeds=[0], qa_sft_episodes=4, qa_sft_batch_size=2, qa_rl_steps=1
 @pytest.mark.slow
 def test_notebook_03b_runs(tmp_path):
     """SmolLM2 on 2 test questions: SFT, GRPO, F-GRPO, baselines, curves, wall times."""
-    import papermill
 
     run = tmp_path / "run"
     params = dict(run_dir=str(run), figures_dir=str(tmp_path / "figures"), **SMALL)
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    run_notebook(NOTEBOOK.name, tmp_path / "out.ipynb", **params)
     seed_dir = run / "train" / "hotpotqa" / "seed0"
     for method in ("sft", "grpo", "fgrpo"):
         assert (seed_dir / method / "done.json").exists()
