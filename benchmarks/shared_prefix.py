@@ -7,8 +7,15 @@ load hit both equally. Peak memory is the largest resident-set growth over the s
 sampled every 5 ms, after
 returning freed heap to the OS (glibc `malloc_trim`).
 
+`--trainer` times whole optimizer steps of the GRPO baseline as `make_trainer` builds it
+(sampling, loss, backward, update) with `shared_prefix` on and off, on the tiny model
+(`--hidden`, `--layers`): the saving a run actually sees. Time in TRL's generation call
+(prefilled once per prompt when on) is printed apart.
+
 usage: OMP_NUM_THREADS=1 python benchmarks/shared_prefix.py [--model smollm2-135m|shaped]
        [--P 100 300 600] [--R 40] [--G 8] [--prompts 1] [--reps 3] [--layers N]
+       OMP_NUM_THREADS=1 python benchmarks/shared_prefix.py --trainer [--P 100 300] [--R 20]
+       [--prompts 2] [--reps 5] [--hidden 128] [--layers 2]
 The last line is `shared/plain step time ratio at P=300: X.XX` (or the middle P given).
 """
 
@@ -40,6 +47,8 @@ def parse_args():
     p.add_argument("--prompts", type=int, default=1, help="groups per step")
     p.add_argument("--reps", type=int, default=3, help="timed steps per method and P")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--trainer", action="store_true", help="whole trainer steps on the tiny model")
+    p.add_argument("--hidden", type=int, default=128, help="tiny model width (--trainer)")
     return p.parse_args()
 
 
@@ -129,9 +138,95 @@ def step(model, method, tensors, G):
     return time.perf_counter() - t0, mem.growth
 
 
+def trainer_steps(args, P: int):
+    """Median seconds per optimizer step (and in generation) of the tiny-model GRPO baseline,
+    shared_prefix off and on, steps alternating; both start from copies of one model."""
+    import copy
+    import random
+
+    from datasets import Dataset
+
+    from fgrpo_nb.models import load_model
+    from fgrpo_nb.trainer import make_trainer
+
+    words = [f"w{j}" for j in range(200)]
+    model, tok = load_model("tiny", vocab_tokens=words, hidden=args.hidden, layers=args.layers or 2, heads=4,
+                            max_len=P + args.R + 8, seed=0)
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choices(words, k=P)) for _ in range(args.prompts * 4)]  # one token a word
+    data = Dataset.from_dict({"prompt": prompts})
+
+    def reward(completions, **_):
+        return [float(len(c)) for c in completions]  # varies, so advantages are non-zero
+
+    timed = {}
+    for shared in (False, True):
+        trainer = make_trainer("grpo", copy.deepcopy(model), tok, data, [reward, reward], phase_metrics=False,
+                               shared_prefix=shared, per_device_train_batch_size=args.prompts * args.G,
+                               num_generations=args.G, max_completion_length=args.R, use_cpu=True,
+                               output_dir="runs/benchmark-shared-prefix", disable_tqdm=True, seed=0)
+        timed[shared] = timed_step(trainer)
+    times = {False: [], True: []}
+    gen = {False: [], True: []}
+    for i in range(args.warmup + args.reps):
+        for shared in ((False, True) if i % 2 == 0 else (True, False)):
+            total, in_generation = timed[shared](i)
+            if i >= args.warmup:
+                times[shared].append(total)
+                gen[shared].append(in_generation)
+    return ({k: statistics.median(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in gen.items()},
+            sum(p.numel() for p in model.parameters()))
+
+
+def timed_step(trainer):
+    """`step(i)` -> (seconds, seconds in generation) of one optimizer step, sampling seeded by i."""
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generate = trainer._generate_single_turn
+    spent = []
+
+    def timed_generate(*a, **kw):
+        t0 = time.perf_counter()
+        out = generate(*a, **kw)
+        spent.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_single_turn = timed_generate  # benchmark-only wrapper
+
+    def step(i):
+        torch.manual_seed(i)  # the same sampling seed per step index, on and off
+        batch = next(iter(trainer.get_train_dataloader()))
+        spent.clear()
+        t0 = time.perf_counter()
+        trainer.training_step(model, batch, None)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, sum(spent)
+
+    return step
+
+
+def main_trainer(args):
+    ratios = {}
+    for P in args.P:
+        times, gen, n_params = trainer_steps(args, P)
+        ratios[P] = times[True] / times[False]
+        print(f"P={P}: step plain {times[False]:.3f}s (generation {gen[False]:.3f}s)  "
+              f"shared {times[True]:.3f}s (generation {gen[True]:.3f}s)  ratio {ratios[P]:.2f}  "
+              f"ratio outside generation {(times[True] - gen[True]) / (times[False] - gen[False]):.2f}", flush=True)
+    print(f"tiny model {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers or 2} layers); R={args.R} "
+          f"G={args.G} prompts/step={args.prompts} reps={args.reps} threads={torch.get_num_threads()}")
+    key = 300 if 300 in ratios else args.P[len(args.P) // 2]
+    print(f"shared/plain step time ratio at P={key}: {ratios[key]:.2f}")
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.trainer:
+        return main_trainer(args)
     model, label = build(args)
     print(f"model: {label}; R={args.R} G={args.G} groups/step={args.prompts} reps={args.reps} "
           f"threads={torch.get_num_threads()}", flush=True)

@@ -24,11 +24,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # STACK.md: default threads made 
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from trl import GRPOTrainer  # noqa: E402
 
 from fgrpo_nb.models import load_model  # noqa: E402
 from fgrpo_nb.rollout import RANK_CLOSE, RANK_OPEN, SLATE_CLOSE, SLATE_OPEN  # noqa: E402
-from fgrpo_nb.trainer import FGRPOTrainer, make_trainer, slate_token_counts  # noqa: E402
+from fgrpo_nb.trainer import FGRPOTrainer, SharedPrefixGRPOTrainer, make_trainer, slate_token_counts  # noqa: E402
 
 torch.set_flush_denormal(True)
 
@@ -143,7 +142,7 @@ def main() -> None:
         "grpo": make_trainer("grpo", copy.deepcopy(model), tok, data, [coverage, utility], phase_metrics=False,
                              **common),
     }
-    assert isinstance(trainers["fgrpo"], FGRPOTrainer) and type(trainers["grpo"]) is GRPOTrainer
+    assert isinstance(trainers["fgrpo"], FGRPOTrainer) and type(trainers["grpo"]) is SharedPrefixGRPOTrainer
     steps = {name: stepper(t) for name, t in trainers.items()}
     for _ in range(a.warmup):
         for step in steps.values():

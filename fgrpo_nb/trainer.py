@@ -14,8 +14,11 @@ accepts as is; everything else (sampling, clipping, loss normalisation, bufferin
 several processes) stays TRL's. With R_gen = R_rank = R and lambda = 1 every token gets
 R - mean(R): exactly GRPO with the single reward R, which the tests check.
 
-The GRPO baseline is TRL's GRPOTrainer unmodified, with reward_weights [1, lambda]
-(see `make_trainer`).
+The GRPO baseline is TRL's GRPOTrainer with its objective unmodified, with reward_weights
+[1, lambda] (see `make_trainer`). Both methods can forward each prompt once per group, in
+sampling and in every log-prob pass (`shared_prefix`, fgrpo_nb.shared_prefix: the same
+numbers within float tolerance, fewer tokens); `make_trainer` turns it on for both, so the
+comparison stays fair.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 from fgrpo_nb.advantages import SCALES as PHASE_SCALES
 from fgrpo_nb.advantages import phase_advantages_per_func, phase_conflict_counts, route_advantages
 from fgrpo_nb.rollout import slate_end_char  # the parser's own rule, so the split matches the rewards
+from fgrpo_nb.shared_prefix import SharedPrefixMixin
 
 
 # Loss types whose per-token loss multiplies a per-token advantage; the others (luspo, vespo,
@@ -38,7 +42,19 @@ TOKEN_LEVEL_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
 
 
 @dataclass
-class FGRPOConfig(GRPOConfig):
+class SharedPrefixGRPOConfig(GRPOConfig):
+    """GRPOConfig plus the shared-prefix switch, for the GRPO baseline and (through FGRPOConfig) F-GRPO.
+    Off by default so a config built by hand runs TRL's forward bit for bit; `make_trainer` turns it on."""
+
+    shared_prefix: bool = field(
+        default=False,
+        metadata={"help": "Forward each prompt once per group and share its keys/values with the group's "
+                          "completions (same log-probs within float tolerance, fewer tokens)."},
+    )
+
+
+@dataclass
+class FGRPOConfig(SharedPrefixGRPOConfig):
     """GRPOConfig plus the two F-GRPO knobs. `scale_rewards` only affects TRL's own
     (discarded) joint advantage and its logs; `phase_scale` scales the phase advantages."""
 
@@ -156,7 +172,7 @@ class PhaseMixin:
         metrics["phase/slate_closed_frac"].append((closed / rows.clamp(min=1.0)).item())
 
 
-class FGRPOTrainer(PhaseMixin, GRPOTrainer):
+class FGRPOTrainer(SharedPrefixMixin, PhaseMixin, GRPOTrainer):
     """GRPOTrainer with per-phase advantages. `reward_funcs` = [coverage, utility]."""
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *rest, **kwargs):
@@ -175,7 +191,7 @@ class FGRPOTrainer(PhaseMixin, GRPOTrainer):
         return output
 
 
-class GRPOPhaseMetricsTrainer(PhaseMixin, GRPOTrainer):
+class GRPOPhaseMetricsTrainer(SharedPrefixMixin, PhaseMixin, GRPOTrainer):
     """TRL's GRPO, advantages untouched, logging the same phase metrics as F-GRPO
     (conflict rate, phase advantages) so the two methods' curves line up."""
 
@@ -184,6 +200,11 @@ class GRPOPhaseMetricsTrainer(PhaseMixin, GRPOTrainer):
         scale = "none" if self.scale_rewards == "none" else "group"
         self._phase_batch(output, float(self.reward_weights[1]), scale)
         return output
+
+
+class SharedPrefixGRPOTrainer(SharedPrefixMixin, GRPOTrainer):
+    """TRL's GRPO with only the log-prob forward changed (when `args.shared_prefix`): the bare
+    baseline of `make_trainer(..., phase_metrics=False)`."""
 
 
 def check_fgrpo_args(args, reward_funcs, phase_lambda: float, phase_scale: str) -> None:
@@ -223,16 +244,19 @@ def make_trainer(method: str, model, tokenizer, train_dataset, reward_funcs, *, 
     (reward_weights [1, lambda], scale_rewards=scale); `phase_metrics` picks the
     subclass that only adds F-GRPO's logs, False gives the bare GRPOTrainer.
     `config_kwargs` go to the config; CPU-friendly defaults (no bf16, no saving, no
-    reporting) and loss_type "dr_grpo" (constant length normaliser) apply unless given.
+    reporting), loss_type "dr_grpo" (constant length normaliser) and shared_prefix=True
+    (each prompt forwarded once per group, for both methods) apply unless given. With
+    shared_prefix=False the forward is TRL's, and phase_metrics=False gives TRL's class itself.
     """
     reward_funcs = list(reward_funcs)
-    kwargs = {**CPU_FRIENDLY, "loss_type": "dr_grpo", **config_kwargs}
+    kwargs = {**CPU_FRIENDLY, "loss_type": "dr_grpo", "shared_prefix": True, **config_kwargs}
     if method == "fgrpo":
         args = FGRPOConfig(phase_lambda=phase_lambda, phase_scale=scale, **kwargs)
         trainer_cls = FGRPOTrainer
     elif method == "grpo":
-        args = GRPOConfig(reward_weights=[1.0, phase_lambda], scale_rewards=scale, **kwargs)
-        trainer_cls = GRPOPhaseMetricsTrainer if phase_metrics else GRPOTrainer
+        args = SharedPrefixGRPOConfig(reward_weights=[1.0, phase_lambda], scale_rewards=scale, **kwargs)
+        bare = SharedPrefixGRPOTrainer if args.shared_prefix else GRPOTrainer
+        trainer_cls = GRPOPhaseMetricsTrainer if phase_metrics else bare
     else:
         raise ValueError(f"method must be 'fgrpo' or 'grpo', got {method!r}")
     return trainer_cls(

@@ -12,8 +12,8 @@ from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 import fgrpo_helpers as H
 from fgrpo_nb.advantages import conflict_counts, group_advantages, phase_conflict_counts, phase_advantages_per_func, route_advantages
 from fgrpo_nb.trainer import (
-    TOKEN_LEVEL_LOSSES, FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, make_trainer, slate_mask_from_counts,
-    slate_token_counts,
+    TOKEN_LEVEL_LOSSES, FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, SharedPrefixGRPOTrainer, make_trainer,
+    slate_mask_from_counts, slate_token_counts,
 )
 
 PHASE_METRICS = ("phase/reward_gen_mean", "phase/reward_rank_mean", "phase/adv_gen_abs_mean", "phase/adv_gen_std",
@@ -283,4 +283,4 @@ def test_make_trainer_grpo_is_trl_grpo_with_joint_reward(tmp_path):
     assert "phase/conflict_rate" in trainer.state.log_history[0]
     bare = make_trainer("grpo", *H.tiny_model(), H.dataset(), [H.coverage, H.utility], phase_metrics=False,
                         **H.config_kwargs(output_dir=str(tmp_path)))
-    assert type(bare) is GRPOTrainer
+    assert type(bare) is SharedPrefixGRPOTrainer  # TRL's GRPO, only the forward shared (make_trainer's default)
