@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .data_qa import build_qa_episodes, qa_stats
-from .data_rec import NEGATIVE_SAMPLERS, build_rec_episodes, item_popularity, rec_stats, shared_data_dir
+from .data_rec import NEGATIVE_SAMPLERS, build_rec_episodes, item_popularity, popularity_words, rec_stats, shared_data_dir
 from .episodes import SPLITS, Episode, read_jsonl, write_jsonl
 
 REC_DATASETS = ("ml-1m", "ml-100k", "lastfm")
@@ -22,7 +22,7 @@ DATASETS = REC_DATASETS + QA_DATASETS
 __all__ = [
     "DATASETS", "QA_DATASETS", "REC_DATASETS", "NEGATIVE_SAMPLERS", "SPLITS",
     "build_episodes", "write_episodes", "load_episodes", "episodes_path", "dataset_stats",
-    "item_popularity", "task_of", "shared_data_dir", "validate_params",
+    "item_popularity", "popularity_words", "task_of", "shared_data_dir", "validate_params",
 ]
 
 

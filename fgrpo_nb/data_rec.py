@@ -18,6 +18,7 @@ another parameter does not reshuffle the ones that remain.
 
 from __future__ import annotations
 
+
 import gzip
 import importlib.util
 import json
@@ -189,6 +190,18 @@ def item_popularity(dataset: str, *, n_positives: int = 1) -> dict[str, int]:
     data = load_interactions(dataset)
     counts = _popularity_counts(data, n_positives)
     return {f"i{int(i)}": int(c) for i, c in zip(data.items, counts)}
+
+
+@lru_cache(maxsize=8)
+def popularity_words(dataset: str, n_positives: int = 1) -> dict[str, str]:
+    """`q0 .. q9` per candidate id: the decile of the item's training-interaction count among
+    all items (ties share the lower decile; never-trained items are `q0`). Training
+    interactions only, as `item_popularity`, so no validation or test target leaks in."""
+    counts = item_popularity(dataset, n_positives=n_positives)
+    ordered = np.sort(np.fromiter(counts.values(), dtype=np.int64))
+    below = np.searchsorted(ordered, np.fromiter(counts.values(), dtype=np.int64), side="left")
+    deciles = np.minimum(9, 10 * below // len(ordered))
+    return {cid: f"q{int(d)}" for cid, d in zip(counts, deciles)}
 
 
 def _popularity_counts(data: Interactions, n_positives: int) -> np.ndarray:

@@ -92,6 +92,7 @@ from .experiment import (
     ValidityCounter,
     _num_layers,
     _set_seed,
+    episode_prompt,
     evaluate_texts,
     generate_greedy,
     load_checkpoint,
@@ -106,7 +107,6 @@ from .experiment import (
     unit_dir,
 )
 from .metrics import summarise
-from .prompts import render_prompt
 from .rewards import DEFAULT_FORMAT_PENALTY, completion_text, make_reward_funcs
 from .rollout import RANK_CLOSE, RANK_OPEN, SLATE_OPEN, parse_rollout, slate_end_char
 from .teachers import Teacher
@@ -323,7 +323,7 @@ def evaluate_chain(selector_dir: Path, ranker_dir: Path, episodes: Sequence[Epis
     path = out / f"eval_{split}.json"
     if path.exists():
         return json.loads(path.read_text())
-    prompts = [render_prompt(ep, cfg.style, cfg.n, cfg.k) for ep in episodes]
+    prompts = [episode_prompt(ep, cfg) for ep in episodes]
     texts, selector_texts = chain_generate(selector_dir, ranker_dir, prompts, cfg)
     rows = evaluate_texts(texts, episodes, cfg)
     with (out / f"per_query_{split}.jsonl").open("w") as f:

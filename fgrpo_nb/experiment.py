@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from .episodes import Episode
 from .metrics import per_query, summarise
-from .prompts import PROMPT_TOKENS, label_to_id, pool_labels, relevant_labels, render_prompt, slot_labels
+from .prompts import FEATURE_WORDS, PROMPT_TOKENS, label_to_id, pool_labels, relevant_labels, render_prompt, slot_labels
 from .rewards import make_reward_funcs
 from .rollout import parse_rollout, render_rollout
 from .teachers import Teacher, teacher_rollout_ids
@@ -51,6 +51,8 @@ class ExperimentConfig:
     sft_batch_size: int = 32
     sft_seed: int | None = None  # None: an SFT per seed; an int: every seed's RL starts from that seed's SFT
     sft_slate_order: str = "pool"  # order of the (order-free) slate in SFT targets: "pool" or "shuffled"
+    item_features: str = "none"  # "popularity": a popularity-decile word after each pool id (word-level styles)
+    sft_rank_filler: str = "teacher"  # order of the non-relevant part of SFT target rankings: "teacher" or "pool"
     # RL
     rl_steps: int = 200
     prompts_per_step: int = 8  # prompts per step; completions per step = prompts_per_step * group_size
@@ -74,6 +76,27 @@ class ExperimentConfig:
 # ---------------------------------------------------------------- data → records
 
 
+ITEM_FEATURES = ("none", "popularity")
+
+
+def candidate_features(episode: Episode, kind: str) -> dict[str, str] | None:
+    """The feature word of every item (None for "none"), for `render_prompt(features=...)`."""
+    if kind not in ITEM_FEATURES:
+        raise ValueError(f"item_features must be one of {', '.join(ITEM_FEATURES)}; got {kind!r}")
+    if kind == "none":
+        return None
+    if episode.task != "rec":
+        raise ValueError("item_features='popularity' needs a recommendation dataset")
+    from .data import popularity_words
+
+    return popularity_words(episode.dataset, len(episode.relevant))
+
+
+def episode_prompt(episode: Episode, cfg: "ExperimentConfig"):
+    """The prompt of an episode under an experiment's style, sizes and item features."""
+    return render_prompt(episode, cfg.style, cfg.n, cfg.k, candidate_features(episode, cfg.item_features))
+
+
 def episode_labels(episode: Episode, style: str) -> tuple[list[str], list[str]]:
     return pool_labels(episode, style), relevant_labels(episode, style)
 
@@ -83,7 +106,7 @@ def rl_records(episodes: Sequence[Episode], cfg: ExperimentConfig) -> list[dict]
     rows = []
     for ep in episodes:
         pool, relevant = episode_labels(ep, cfg.style)
-        rows.append({"prompt": render_prompt(ep, cfg.style, cfg.n, cfg.k), "pool": pool, "relevant": relevant})
+        rows.append({"prompt": episode_prompt(ep, cfg), "pool": pool, "relevant": relevant})
     return rows
 
 
@@ -92,10 +115,11 @@ def sft_records(episodes: Sequence[Episode], teacher: Teacher, cfg: ExperimentCo
     rng = random.Random(seed)
     rows = []
     for ep in episodes:
-        slate, ranking = teacher_rollout_ids(ep, teacher(ep), cfg.n, cfg.k, rng, cfg.sft_slate_order)
+        slate, ranking = teacher_rollout_ids(ep, teacher(ep), cfg.n, cfg.k, rng, cfg.sft_slate_order,
+                                             cfg.sft_rank_filler)
         to_label = {cid: label for label, cid in label_to_id(ep, cfg.style).items()}
         text = render_rollout([to_label[c] for c in slate], [to_label[c] for c in ranking])
-        prompt = render_prompt(ep, cfg.style, cfg.n, cfg.k)
+        prompt = episode_prompt(ep, cfg)
         if cfg.style == "chat":
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}]})
         else:
@@ -111,7 +135,7 @@ def tiny_vocab(episodes: Sequence[Episode]) -> list[str]:
         words.update(ep.pool_ids)
         words.update(ep.history)
         size = max(size, len(ep.candidates))
-    return [*PROMPT_TOKENS, *slot_labels(size), *sorted(words)]
+    return [*PROMPT_TOKENS, *FEATURE_WORDS, *slot_labels(size), *sorted(words)]
 
 
 # ---------------------------------------------------------------- bookkeeping
@@ -127,7 +151,7 @@ def is_done(folder: Path) -> bool:
 
 # The fields that decide an SFT checkpoint; an RL unit depends on every field.
 SFT_FIELDS = ("model", "style", "n", "k", "tiny_hidden", "tiny_layers", "sft_episodes", "sft_epochs", "sft_lr",
-              "sft_batch_size", "sft_slate_order", "lora_r")
+              "sft_batch_size", "sft_slate_order", "sft_rank_filler", "item_features", "lora_r")
 
 
 def reuse_if_done(folder: Path, cfg: ExperimentConfig, fields: Sequence[str] | None = None) -> bool:
@@ -350,7 +374,7 @@ def evaluate_checkpoint(model_dir: Path, episodes: Sequence[Episode], cfg: Exper
     if path.exists():
         return json.loads(path.read_text())
     model, tokenizer = load_checkpoint(model_dir)
-    prompts = [render_prompt(ep, cfg.style, cfg.n, cfg.k) for ep in episodes]
+    prompts = [episode_prompt(ep, cfg) for ep in episodes]
     texts = generate_greedy(model, tokenizer, prompts, cfg.max_completion_length, cfg.eval_batch_size)
     rows = evaluate_texts(texts, episodes, cfg)
     with (out / f"per_query_{split}.jsonl").open("w") as f:
@@ -431,7 +455,7 @@ def prompt_token_counts(episodes: Sequence[Episode], tokenizer, cfg: ExperimentC
     """Tokens of each episode's prompt as the model reads it (chat template applied)."""
     counts = []
     for ep in episodes:
-        prompt = render_prompt(ep, cfg.style, cfg.n, cfg.k)
+        prompt = episode_prompt(ep, cfg)
         if not isinstance(prompt, str):
             prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         counts.append(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))

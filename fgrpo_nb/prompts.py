@@ -15,11 +15,19 @@
   labels `c1 .. cN` in pool order (as in the paper's rollout example), because ids such as
   `i2858` cost several subword tokens each and say nothing to the model.
 
+Item features (word-level styles only): `render_prompt(..., features={id: word})` writes a
+feature word after each pool id, e.g. `c1 i5 q7`, where `q0 .. q9` is the decile of the item's
+training-interaction count (`data.popularity_words`). Why: a 2-layer ID model trained from
+scratch on a CPU budget does not learn which of 3,700 item ids are good from SFT alone (it
+stays at random-level Hit@1); ten shared words it can (see notebook 03).
+
 Rewards and metrics work in label space: `pool_labels` / `relevant_labels` give the labels
 of a style, `label_to_id` maps them back to candidate ids.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 from .episodes import Episode
 from .rollout import RANK_CLOSE, RANK_OPEN, SLATE_CLOSE, SLATE_OPEN
@@ -27,6 +35,7 @@ from .rollout import RANK_CLOSE, RANK_OPEN, SLATE_CLOSE, SLATE_OPEN
 STYLES = ("ids", "slots", "chat")
 HIST_TOKEN, POOL_TOKEN, OUT_TOKEN = "<HIST>", "<POOL>", "<OUT>"
 PROMPT_TOKENS = (HIST_TOKEN, POOL_TOKEN, OUT_TOKEN)  # the ID model's vocabulary needs these
+FEATURE_WORDS = tuple(f"q{d}" for d in range(10))  # popularity deciles, lowest first
 
 _REC_CONTEXT = {
     "movies": "Here are the movies a user watched, oldest first:",
@@ -63,12 +72,17 @@ def relevant_labels(episode: Episode, style: str) -> list[str]:
     return [id_to_label[cid] for cid in episode.relevant]
 
 
-def _ids_prompt(episode: Episode) -> str:
-    return " ".join([HIST_TOKEN, *episode.history, POOL_TOKEN, *episode.pool_ids, OUT_TOKEN])
+def _with_features(ids: list[str], features: Mapping[str, str] | None) -> list[str]:
+    return ids if features is None else [w for cid in ids for w in (cid, features[cid])]
 
 
-def _slots_prompt(episode: Episode) -> str:
-    pool = [w for label, cid in zip(slot_labels(len(episode.candidates)), episode.pool_ids) for w in (label, cid)]
+def _ids_prompt(episode: Episode, features: Mapping[str, str] | None = None) -> str:
+    return " ".join([HIST_TOKEN, *episode.history, POOL_TOKEN, *_with_features(episode.pool_ids, features), OUT_TOKEN])
+
+
+def _slots_prompt(episode: Episode, features: Mapping[str, str] | None = None) -> str:
+    pool = [w for label, cid in zip(slot_labels(len(episode.candidates)), episode.pool_ids)
+            for w in (label, *_with_features([cid], features))]
     return " ".join([HIST_TOKEN, *episode.history, POOL_TOKEN, *pool, OUT_TOKEN])
 
 
@@ -99,15 +113,20 @@ def _chat_user(episode: Episode, style_labels: list[str]) -> str:
     return f"{head}\n\nCandidates:\n{pool}"
 
 
-def render_prompt(episode: Episode, style: str = "ids", n: int = 10, k: int = 5):
-    """A string (styles "ids", "slots") or a list of chat messages (style "chat")."""
+def render_prompt(episode: Episode, style: str = "ids", n: int = 10, k: int = 5,
+                  features: Mapping[str, str] | None = None):
+    """A string (styles "ids", "slots") or a list of chat messages (style "chat").
+
+    `features` (word-level styles only) maps each pool id to a word written after it."""
     _check_style(style)
     if n < 1 or k < 1 or k > n:
         raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    if features is not None and style == "chat":
+        raise ValueError("item features are written by the word-level styles 'ids' and 'slots' only")
     if style == "ids":
-        return _ids_prompt(episode)
+        return _ids_prompt(episode, features)
     if style == "slots":
-        return _slots_prompt(episode)
+        return _slots_prompt(episode, features)
     return [
         {"role": "system", "content": _instructions(episode, n, k)},
         {"role": "user", "content": _chat_user(episode, pool_labels(episode, style))},

@@ -51,6 +51,18 @@ def paired_difference(table: pd.DataFrame, metric: str, a: str = "F-GRPO", b: st
     return {"metric": metric, "n_seeds": len(diff), "mean": mean, "ci_low": low, "ci_high": high}
 
 
+def broadcast_shared_sft(table: pd.DataFrame, sft: str = "SFT") -> pd.DataFrame:
+    """When every seed's RL started from one shared SFT checkpoint, repeat its row for each
+    RL seed, so `paired_difference(table, metric, "F-GRPO", "SFT")` pairs every seed with the
+    start it actually had. Tables with an SFT per seed come back unchanged."""
+    is_sft = table["method"] == sft
+    if table.loc[is_sft, "seed"].nunique() != 1:
+        return table
+    seeds = sorted(table.loc[~is_sft, "seed"].unique())
+    shared = table[is_sft]
+    return pd.concat([table[~is_sft], *[shared.assign(seed=s) for s in seeds]], ignore_index=True)
+
+
 def verdict(diff: dict, a: str = "F-GRPO", b: str = "GRPO") -> str:
     """One sentence from a paired difference: a win, a loss, or no detectable difference."""
     metric, n = diff["metric"], diff["n_seeds"]

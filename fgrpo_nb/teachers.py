@@ -55,24 +55,34 @@ def make_teacher(kind: str, counts: Mapping[str, int] | None = None, seed: int =
 
 
 def teacher_rollout_ids(episode: Episode, order: Sequence[str], n: int, k: int,
-                        rng: random.Random, slate_order: str = "shuffled") -> tuple[list[str], list[str]]:
+                        rng: random.Random, slate_order: str = "shuffled",
+                        rank_filler: str = "teacher") -> tuple[list[str], list[str]]:
     """An SFT target: slate = relevant + teacher filler up to n; ranking = relevant first
-    (shuffled among themselves), then filler in teacher order, up to k.
+    (shuffled among themselves), then the slate's filler up to k, in teacher order
+    (`rank_filler="teacher"`) or in pool order (`"pool"`).
 
     The slate is a set, so its written order is free: "shuffled" (seeded) or "pool" (as a
     subsequence of the pool). "pool" is what the tiny slot model can learn on a CPU budget:
     increasing slot labels never repeat, so a valid slate needs no memory of what was written
     (`benchmarks/sft_label_styles.py` measures it: completion loss ~1.5 vs ~2.4 for shuffled
-    targets within 60-300 steps)."""
+    targets within 60-300 steps). For the same reason `rank_filler="pool"` makes the ranking
+    after its relevant head an increasing run of slot labels: with teacher-ordered filler the
+    tiny model repeated labels in 99% of its greedy rankings after 600 SFT steps (invalid),
+    measured with the probe in `benchmarks/sft_label_styles.py`."""
+    if rank_filler not in ("teacher", "pool"):
+        raise ValueError(f"rank_filler must be 'teacher' or 'pool', got {rank_filler!r}")
     relevant = list(episode.relevant)
     filler = [cid for cid in order if cid not in set(relevant)]
     slate = (relevant + filler)[:n]
     in_slate = set(slate)
     rel_in = [cid for cid in relevant if cid in in_slate]
     rng.shuffle(rel_in)
-    ranking = (rel_in + [cid for cid in filler if cid in in_slate])[:k]
+    position = {cid: i for i, cid in enumerate(episode.pool_ids)}
+    rest = [cid for cid in filler if cid in in_slate]
+    if rank_filler == "pool":
+        rest.sort(key=position.__getitem__)
+    ranking = (rel_in + rest)[:k]
     if slate_order == "pool":
-        position = {cid: i for i, cid in enumerate(episode.pool_ids)}
         slate.sort(key=position.__getitem__)
     elif slate_order == "shuffled":
         rng.shuffle(slate)

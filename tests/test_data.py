@@ -271,3 +271,18 @@ def test_stringified_fields_are_parsed(tmp_path):
     eps = build_episodes("musique", qa_source=str(path), n_train=None, n_val=None, n_test=None)
     (e,) = [e for v in eps.values() for e in v]
     assert set(e.relevant) == {"p0", "p1"} and len(e.candidates) == 20
+
+
+def test_popularity_words_are_deciles_of_training_counts():
+    from fgrpo_nb.data import popularity_words
+
+    counts, words = item_popularity("ml-100k"), popularity_words("ml-100k")
+    assert set(words) == set(counts) and set(words.values()) <= {f"q{d}" for d in range(10)}
+    by_count = sorted(counts, key=counts.get)
+    assert words[by_count[0]] == "q0" and words[by_count[-1]] == "q9"
+    # monotone: a more-trained item never gets a lower decile
+    deciles = [int(words[c][1:]) for c in by_count]
+    assert deciles == sorted(deciles)
+    # roughly a tenth of the items per decile (ties at count 0 and 1 pile into the low ones)
+    share = sum(w == "q9" for w in words.values()) / len(words)
+    assert 0.08 < share < 0.12

@@ -53,3 +53,33 @@ def test_reuse_if_done_refuses_a_unit_made_with_other_parameters(tmp_path):
     with pytest.raises(ValueError, match="other parameters"):
         reuse_if_done(tmp_path, rl_change)
     assert json.loads((tmp_path / "done.json").read_text())["config"]["lr"] == cfg.lr
+
+
+def test_teacher_ranking_filler_in_pool_order():
+    ep = _episode()
+    order = ["i5", "i1", "i4", "i3", "i2", "i6"]  # teacher: i5 most popular
+    slate, ranking = teacher_rollout_ids(ep, order, n=4, k=3, rng=random.Random(0), slate_order="pool",
+                                         rank_filler="pool")
+    assert slate == ["i1", "i3", "i4", "i5"]
+    assert ranking == ["i4", "i1", "i3"]  # relevant first, then filler by pool position, not popularity
+    _, by_teacher = teacher_rollout_ids(ep, order, n=4, k=3, rng=random.Random(0), slate_order="pool")
+    assert by_teacher == ["i4", "i5", "i1"]
+    with pytest.raises(ValueError, match="rank_filler"):
+        teacher_rollout_ids(ep, order, n=4, k=3, rng=random.Random(0), rank_filler="popular")
+
+
+def test_popularity_features_reach_prompt_and_vocabulary():
+    from fgrpo_nb.data import build_episodes, popularity_words
+    from fgrpo_nb.experiment import candidate_features, episode_prompt
+    from fgrpo_nb.prompts import FEATURE_WORDS
+
+    ep = build_episodes("ml-100k", n_train=1, n_val=1, n_test=1)["test"][0]
+    words = episode_prompt(ep, ExperimentConfig(style="slots", item_features="popularity")).split(" ")
+    pool = words[words.index("<POOL>") + 1 : -1]
+    assert pool[1::3] == ep.pool_ids and pool[2::3] == [popularity_words("ml-100k")[c] for c in ep.pool_ids]
+    assert set(FEATURE_WORDS) <= set(tiny_vocab([ep]))
+    assert candidate_features(ep, "none") is None
+    with pytest.raises(ValueError, match="item_features must be one of none, popularity"):
+        candidate_features(ep, "genre")
+    with pytest.raises(ValueError, match="recommendation"):
+        candidate_features(_episode().__class__(**{**_episode().__dict__, "task": "qa"}), "popularity")

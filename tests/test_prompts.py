@@ -95,3 +95,15 @@ def test_slots_prompt_labels_each_candidate(rec_episode):
     # the label of the relevant item sits right before that item in the prompt
     for label in relevant_labels(rec_episode, "slots"):
         assert pool[pool.index(label) + 1] in rec_episode.relevant
+
+
+def test_features_follow_each_pool_id_in_word_styles(rec_episode):
+    features = {cid: f"q{i % 10}" for i, cid in enumerate(rec_episode.pool_ids)}
+    ids_words = render_prompt(rec_episode, "ids", features=features).split(" ")
+    pool = ids_words[ids_words.index("<POOL>") + 1 : -1]
+    assert pool[0::2] == rec_episode.pool_ids and pool[1::2] == [features[c] for c in rec_episode.pool_ids]
+    slots = render_prompt(rec_episode, "slots", features=features).split(" ")
+    assert slots[slots.index("<POOL>") + 1 : slots.index("<POOL>") + 4] == ["c1", rec_episode.pool_ids[0], "q0"]
+    assert render_prompt(rec_episode, "slots", features=None) == render_prompt(rec_episode, "slots")
+    with pytest.raises(ValueError, match="word-level"):
+        render_prompt(rec_episode, "chat", features=features)
