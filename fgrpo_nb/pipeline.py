@@ -191,11 +191,16 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
             ) from None
         timings[nb.name] = round(time.perf_counter() - start, 1)
         log(f"[pipeline] {nb.name} done in {timings[nb.name]:.0f} s")
-    # merge, so a partial rerun (--only) keeps the times of the notebooks it did not run
+    _merge_timings(run_dir, timings)
+    return timings
+
+
+def _merge_timings(run_dir: Path, timings: dict[str, float]) -> None:
+    """Merge into <run_dir>/pipeline_timings.json, so a partial rerun (--only) keeps the
+    times of the notebooks it did not run."""
     path = run_dir / "pipeline_timings.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
-    return timings
 
 
 def sweep_dir(run_dir: Path, key: str, value) -> Path:
@@ -207,11 +212,16 @@ def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict
                log=print) -> dict[str, dict[str, float]]:
     """Notebook 03 once per swept value (profile's `sweeps`, e.g. {"phase_lambda": [0.5]}),
     each into its own run folder under <run_dir>/sweeps/ that shares the main run's episodes
-    (a symlink to <run_dir>/data). Run after the main pipeline, then notebook 04 again
-    (`--only 04`) to draw the sweeps. Returns wall seconds per sweep folder."""
+    (a symlink to <run_dir>/data) and, when the swept key does not change SFT, its SFT
+    checkpoints (copied; `reuse_if_done` checks that they match). The profile's
+    `sweep_overrides` (e.g. fewer seeds) apply to sweep runs only. `run_all` calls this between
+    the training notebooks and notebook 04. Returns wall seconds per sweep folder."""
+    from .experiment import SFT_FIELDS  # torch and transformers: only when sweeps run
+
     overrides = overrides or {}
     params = resolve_profile(profile, overrides)
     sweeps = params.get("sweeps", {}) if sweeps is None else sweeps
+    sweep_overrides = {k: v for k, v in params.get("sweep_overrides", {}).items() if k not in overrides}
     run_dir = REPO_ROOT / params["run_dir"]
     notebooks = [nb for nb in list_notebooks() if nb.name.startswith("03_")]
     timings = {}
@@ -221,10 +231,43 @@ def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict
             folder.mkdir(parents=True, exist_ok=True)
             if (run_dir / "data").exists() and not (folder / "data").exists():
                 (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
+            if key not in SFT_FIELDS:
+                share_sft_checkpoints(run_dir, folder)
             log(f"[pipeline] sweep {key} = {value} -> {folder}")
-            timings[folder.name] = run_pipeline(profile, {**overrides, "run_dir": str(folder),
+            timings[folder.name] = run_pipeline(profile, {**sweep_overrides, **overrides, "run_dir": str(folder),
                                                           "figures_dir": str(folder / "figures"), key: value},
                                                 notebooks, log)
+    return timings
+
+
+def share_sft_checkpoints(run_dir: Path, sweep_folder: Path) -> list[Path]:
+    """Copy the main run's finished SFT units into a sweep run that does not change SFT, so
+    the sweep's RL starts from the very checkpoints of the main comparison."""
+    import shutil
+
+    copied = []
+    for unit in sorted(Path(run_dir).glob("train/*/seed*/sft")):
+        target = sweep_folder / unit.relative_to(run_dir)
+        if (unit / "done.json").exists() and not target.exists():
+            shutil.copytree(unit, target)
+            copied.append(target)
+    return copied
+
+
+ANALYSIS_PREFIXES = ("04",)  # notebooks that only read run folders: they run after the sweeps
+
+
+def run_all(profile: str = "cpu", overrides: dict | None = None, log=print) -> dict[str, float]:
+    """What `make figures` runs: the training notebooks, the profile's sweeps, then the
+    analysis notebooks (so they draw the sweeps too). Returns wall seconds per part."""
+    notebooks = list_notebooks()
+    analysis = [nb for nb in notebooks if nb.name.startswith(ANALYSIS_PREFIXES)]
+    timings = run_pipeline(profile, overrides, [nb for nb in notebooks if nb not in analysis], log)
+    start = time.perf_counter()
+    if run_sweeps(profile, overrides, log=log):
+        timings["sweeps"] = round(time.perf_counter() - start, 1)
+        _merge_timings(REPO_ROOT / resolve_profile(profile, overrides)["run_dir"], {"sweeps": timings["sweeps"]})
+    timings.update(run_pipeline(profile, overrides, analysis, log))
     return timings
 
 
@@ -233,14 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu", help=f"one of {sorted(PROFILES)}")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="override one parameter (repeatable)")
-    parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes (e.g. 04)")
+    parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes "
+                        "(e.g. 04); without it: every notebook and the profile's sweeps")
     args = parser.parse_args(argv)
     overrides = {k: parse_override(v) for k, v in args.p}
-    notebooks = list_notebooks()
-    if args.only:
-        notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
     try:
-        run_pipeline(args.profile, overrides, notebooks)
+        if args.only:
+            run_pipeline(args.profile, overrides,
+                         [nb for nb in list_notebooks() if nb.name.startswith(tuple(args.only))])
+        else:
+            check_overrides(overrides, list_notebooks())
+            run_all(args.profile, overrides)
     except ValueError as err:
         print(f"[pipeline] error: {err}", file=sys.stderr)
         return 2
