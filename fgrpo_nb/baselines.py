@@ -312,5 +312,5 @@ def run_baselines(run_dir, dataset: str, episodes: dict[str, list[Episode]], see
         for seed in seeds:
             record(name, seed, results[seed], unit_dir(run_dir, dataset, seed, name))
         log(f"{name} ({len(zs_eps)} episodes): {time.perf_counter() - start:.1f} s")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["dataset", "seed", "method", "seconds"])
 

@@ -149,6 +149,8 @@ def test_run_baselines_writes_one_result_per_seed_and_method(qa, tmp_path):
     assert bm25["R@5"].mean() > table[table["method"] == "Random"]["R@5"].mean()
     with pytest.raises(ValueError, match="do not apply"):
         run_baselines(tmp_path, "hotpotqa", qa, which=("popularity",))
+    none = run_baselines(tmp_path, "hotpotqa", qa, which=())  # sweep runs ask for none
+    assert none.empty and {"dataset", "seed", "method"} <= set(none.columns)
 
 
 @pytest.mark.slow
