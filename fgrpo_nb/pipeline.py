@@ -76,12 +76,15 @@ PROFILES: dict[str, dict] = {
         "k": 5,
         "n_eval": 1000,
         "decoupled_seeds": [],  # two more SFTs per seed: over the 45-minute budget (smoke runs them)
-        # 03b: SmolLM2 on HotpotQA at a plumbing size; measured in 03b: no valid rollouts
-        # after SFT at any size this CPU affords in the budget, so no RL result to report
+        # 03b: SmolLM2 on HotpotQA, one seed, sized to about 11 minutes (pilot table in 03b):
+        # 64 SFT updates of batch 1 reach valid rollouts; the shared prompt prefix makes 20 RL
+        # steps per method affordable
         "qa_seeds": [0],
-        "qa_sft_episodes": 16,
-        "qa_sft_batch_size": 2,
-        "qa_rl_steps": 2,
+        "qa_sft_episodes": 64,
+        "qa_sft_batch_size": 1,
+        "qa_sft_lr": 3e-3,
+        "qa_rl_steps": 20,
+        "qa_lr": 1e-3,
         "qa_prompts_per_step": 1,
         "qa_group_size": 4,
         "qa_n_test": 40,
