@@ -103,6 +103,7 @@ PROFILES: dict[str, dict] = {
         "profile": "gpu",
         "model": "Qwen/Qwen3-4B-Instruct-2507",
         "style": "chat",
+        "item_features": "none",  # chat prompts show titles; feature words are for the tiny ID model
         "seeds": [0, 1, 2],
         "sft_episodes": 3200,
         "sft_lr": 1e-5,

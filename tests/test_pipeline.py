@@ -108,3 +108,14 @@ def test_share_sft_checkpoints_copies_finished_units_only(tmp_path):
     assert (copied[0] / "model" / "model.safetensors").read_bytes() == b"weights"
     assert not (sweep / "train" / "ml-1m" / "seed1").exists()
     assert pipeline.share_sft_checkpoints(run, sweep) == []  # a rerun leaves the copy alone
+
+
+def test_every_profile_pairs_chat_prompts_with_no_feature_words():
+    import ast
+
+    declared = pipeline.notebook_parameters(ROOT / "notebooks" / "03_fgrpo_vs_grpo.ipynb")
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in declared.items() if k in ("style", "item_features")}
+    for name in pipeline.PROFILES:
+        params = {**defaults, **pipeline.resolve_profile(name)}
+        # render_prompt refuses feature words in chat prompts: such a profile would fail in notebook 03
+        assert params["style"] != "chat" or params["item_features"] == "none", name
