@@ -493,7 +493,14 @@ def conflict_vs_gain(run_dir, split: str = "test", metrics: Sequence[str] = ("N@
         part = data[data["metric"] == metric]
         if len(part) >= 3 and part["conflict"].std() > 0 and part["gain"].std() > 0:
             r = float(np.corrcoef(part["conflict"], part["gain"])[0, 1])
-            notes.append(f"{metric}: across {len(part)} settings, gain and conflict rate correlate at r = {r:+.2f}.")
+            note = f"{metric}: across {len(part)} settings, gain and conflict rate correlate at r = {r:+.2f}"
+            # with a handful of settings one point can set r: say what it is without the extreme one
+            rest = part.drop(part["conflict"].idxmax())
+            if len(rest) >= 3 and rest["conflict"].std() > 0 and rest["gain"].std() > 0:
+                r_rest = float(np.corrcoef(rest["conflict"], rest["gain"])[0, 1])
+                extreme = part.loc[part["conflict"].idxmax(), "setting"]
+                note += f"; without the highest-conflict setting ({extreme}) r = {r_rest:+.2f}"
+            notes.append(note + ".")
         else:
             notes.append(f"{metric}: {len(part)} setting(s), too few (or too alike) for a correlation; the map "
                          "needs more settings (datasets, n and lambda sweeps).")

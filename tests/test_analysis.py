@@ -234,3 +234,21 @@ def test_sweeps_hold_the_other_setting_fixed(run):
     size = A.slate_size(run, "ml-1m")
     assert size.status == "ok" and set(size.data["n"]) == {5, 10}
     assert not any(s.startswith("sweeps/lambda_0.5/") for s in size.sources)
+
+
+def test_conflict_vs_gain_note_reports_r_without_the_extreme_setting(monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from fgrpo_nb import analysis
+
+    # one far-out setting makes r = +0.99; the other four alone are perfectly anti-correlated
+    conflict = [0.02, 0.03, 0.04, 0.05, 0.30]
+    gain = [0.04, 0.03, 0.02, 0.01, 0.50]
+    rows = [{"setting": f"s{i}", "metric": "N@1", "conflict": c, "conflict_low": c, "conflict_high": c,
+             "gain": g, "gain_low": g, "gain_high": g, "n_seeds": 2} for i, (c, g) in enumerate(zip(conflict, gain))]
+    monkeypatch.setattr(analysis, "conflict_vs_gain_table", lambda *a, **k: (pd.DataFrame(rows), []))
+    result = analysis.conflict_vs_gain("unused", metrics=("N@1",))
+    r_all = np.corrcoef(conflict, gain)[0, 1]
+    assert result.notes[0] == (f"N@1: across 5 settings, gain and conflict rate correlate at r = {r_all:+.2f}; "
+                               "without the highest-conflict setting (s4) r = -1.00.")
