@@ -105,3 +105,23 @@ def config_kwargs(**overrides) -> dict:
         disable_tqdm=True,
     )
     return {**base, **overrides}
+
+
+def loss_and_grads(trainer):
+    """Loss, gradients and inputs of one training batch, without stepping the optimiser."""
+    torch.manual_seed(123)  # the buffer shuffle draws from the global RNG
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad()
+    return loss.detach(), grads, inputs
+
+
+def trained_params(trainer):
+    """Every parameter after `trainer.train()` from a fixed seed."""
+    torch.manual_seed(7)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

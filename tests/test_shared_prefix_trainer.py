@@ -54,24 +54,6 @@ def build(method, shared, tmp_path, model=None, fixed_rollouts=True, **overrides
                         rollout_func=H.fixed_rollouts(tok) if fixed_rollouts else None, **kw)
 
 
-def loss_and_grads(trainer):
-    torch.manual_seed(123)  # the buffer shuffle draws from the global RNG
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by train()
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad()
-    return loss.detach(), grads, inputs
-
-
-def trained_params(trainer):
-    torch.manual_seed(7)
-    trainer.train()
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-
-
 def assert_close_dicts(a, b, **tol):
     assert a.keys() == b.keys() and len(a) > 0
     for name in a:
@@ -90,11 +72,11 @@ def test_switch_on_equals_switch_off(method, tmp_path, shared_calls):
     off = build(method, False, tmp_path, copy.deepcopy(model), **STEP)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        on_loss, on_grads, on_inputs = loss_and_grads(on)
+        on_loss, on_grads, on_inputs = H.loss_and_grads(on)
     assert not [w for w in caught if FALLBACK in str(w.message)]
     assert True in shared_calls and False in shared_calls  # the loss's forward and the old log-probs
     n_shared = len(shared_calls)
-    off_loss, off_grads, off_inputs = loss_and_grads(off)
+    off_loss, off_grads, off_inputs = H.loss_and_grads(off)
     assert len(shared_calls) == n_shared  # off: TRL's forward only
     assert off_inputs["old_per_token_logps"] is not None
     torch.testing.assert_close(on_inputs["old_per_token_logps"], off_inputs["old_per_token_logps"],
@@ -105,7 +87,7 @@ def test_switch_on_equals_switch_off(method, tmp_path, shared_calls):
 
     on = build(method, True, tmp_path, copy.deepcopy(model), max_steps=4, **STEP)
     off = build(method, False, tmp_path, copy.deepcopy(model), max_steps=4, **STEP)
-    on_params, off_params, start = trained_params(on), trained_params(off), dict(model.named_parameters())
+    on_params, off_params, start = H.trained_params(on), H.trained_params(off), dict(model.named_parameters())
     assert any(not torch.equal(off_params[n], start[n]) for n in off_params)  # training moved something
     # Adam divides by sqrt(v): on a coordinate whose gradient is ~0, rounding noise becomes a step
     # of up to lr. After 4 steps of lr 1e-2 (weights moved ~2.5e-2) a few coordinates differ by
@@ -128,8 +110,8 @@ def test_switch_on_with_lora_and_reference_from_disabled_adapter(tmp_path, share
             for name, p in trainer.model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.3)
-    on_loss, on_grads, on_inputs = loss_and_grads(on)
-    off_loss, off_grads, off_inputs = loss_and_grads(off)
+    on_loss, on_grads, on_inputs = H.loss_and_grads(on)
+    off_loss, off_grads, off_inputs = H.loss_and_grads(off)
     assert len(shared_calls) >= 3  # loss, old and reference log-probs
     ref, old = off_inputs["ref_per_token_logps"], off_inputs["old_per_token_logps"]
     assert not torch.allclose(ref, old)  # the reference really is the adapter-free model
@@ -146,8 +128,8 @@ def test_fgrpo_equals_grpo_exactly_with_the_switch_on(tmp_path, shared_calls):
     tok = H.tiny_model()[1]
     fgrpo = FGRPOTrainer(model=copy.deepcopy(model), reward_funcs=[H.joint, H.joint], args=args,
                          train_dataset=H.dataset(), processing_class=tok, rollout_func=H.fixed_rollouts(tok))
-    g_loss, g_grads, _ = loss_and_grads(grpo)
-    f_loss, f_grads, _ = loss_and_grads(fgrpo)
+    g_loss, g_grads, _ = H.loss_and_grads(grpo)
+    f_loss, f_grads, _ = H.loss_and_grads(fgrpo)
     assert shared_calls
     torch.testing.assert_close(f_loss, g_loss, rtol=0, atol=0)
     assert_close_dicts(f_grads, g_grads, rtol=0, atol=0)
@@ -164,12 +146,12 @@ def test_fallback_under_gradient_checkpointing_warns_once_and_is_trl(tmp_path, s
         trainer.model.activation_checkpointing_enable()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        on_loss, on_grads, inputs = loss_and_grads(on)
-        loss_and_grads(on)
+        on_loss, on_grads, inputs = H.loss_and_grads(on)
+        H.loss_and_grads(on)
     fallbacks = [str(w.message) for w in caught if FALLBACK in str(w.message)]
     assert len(fallbacks) == 1 and "gradient checkpointing" in fallbacks[0] and "\n" not in fallbacks[0]
     assert True not in shared_calls and False in shared_calls  # old log-probs: TRL lifts checkpointing
-    off_loss, off_grads, _ = loss_and_grads(off)
+    off_loss, off_grads, _ = H.loss_and_grads(off)
     torch.testing.assert_close(on_loss, off_loss, atol=1e-6, rtol=1e-5)  # old log-probs came from either path
     assert_close_dicts(on_grads, off_grads, atol=1e-5, rtol=1e-4)
     # the loss's forward itself is TRL's, bit for bit

@@ -40,25 +40,6 @@ def _trainer(cls, config_cls, reward_funcs, model, tokenizer, tmp_path, **overri
                processing_class=tokenizer, rollout_func=H.fixed_rollouts(tokenizer))
 
 
-def _loss_and_grads(trainer):
-    torch.manual_seed(123)  # the buffer shuffle draws from the global RNG
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by train()
-    batch = next(iter(trainer.get_train_dataloader()))
-    inputs = trainer._prepare_inputs(batch)
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad()
-    return loss.detach(), grads, inputs
-
-
-def _trained_params(trainer):
-    torch.manual_seed(7)
-    trainer.train()
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-
-
 def _pair(loss_type, tmp_path, **overrides):
     model, tok = H.tiny_model()
     kw = dict(loss_type=loss_type, **overrides)
@@ -74,8 +55,8 @@ def test_equivalent_to_grpo_when_both_phase_rewards_are_the_same(loss_type, tmp_
     # steps_per_generation=2 exercises TRL's buffer (shuffle, split) and a ratio != 1 on the
     # second step, so clipping paths are live too.
     grpo, fgrpo = _pair(loss_type, tmp_path, steps_per_generation=2)
-    g_loss, g_grads, g_inputs = _loss_and_grads(grpo)
-    f_loss, f_grads, f_inputs = _loss_and_grads(fgrpo)
+    g_loss, g_grads, g_inputs = H.loss_and_grads(grpo)
+    f_loss, f_grads, f_inputs = H.loss_and_grads(fgrpo)
     assert f_inputs["advantages"].dim() == 2 and g_inputs["advantages"].dim() == 1
     valid = f_inputs["completion_mask"].bool()
     expected = g_inputs["advantages"].unsqueeze(1).expand_as(f_inputs["advantages"])
@@ -86,7 +67,7 @@ def test_equivalent_to_grpo_when_both_phase_rewards_are_the_same(loss_type, tmp_
         torch.testing.assert_close(f_grads[name], g_grads[name], rtol=0, atol=0, msg=name)
 
     grpo, fgrpo = _pair(loss_type, tmp_path, steps_per_generation=2, max_steps=4)
-    g_params, f_params = _trained_params(grpo), _trained_params(fgrpo)
+    g_params, f_params = H.trained_params(grpo), H.trained_params(fgrpo)
     for name in g_params:
         torch.testing.assert_close(f_params[name], g_params[name], rtol=0, atol=0, msg=name)
     g_losses = [r["loss"] for r in grpo.state.log_history if "loss" in r]
@@ -98,8 +79,8 @@ def test_equivalent_to_grpo_with_std_scaling(tmp_path):
     grpo, fgrpo = _pair("grpo", tmp_path)
     grpo.scale_rewards = "group"
     fgrpo.phase_scale = "group"
-    g_loss, g_grads, _ = _loss_and_grads(grpo)
-    f_loss, f_grads, _ = _loss_and_grads(fgrpo)
+    g_loss, g_grads, _ = H.loss_and_grads(grpo)
+    f_loss, f_grads, _ = H.loss_and_grads(fgrpo)
     torch.testing.assert_close(f_loss, g_loss, rtol=0, atol=0)
     for name in g_grads:
         torch.testing.assert_close(f_grads[name], g_grads[name], rtol=0, atol=0)
@@ -112,8 +93,8 @@ def test_the_comparison_can_fail_when_phase_rewards_differ(tmp_path):
                     scale_rewards="none", loss_type="dr_grpo")
     fgrpo = _trainer(FGRPOTrainer, FGRPOConfig, [H.coverage, H.utility], copy.deepcopy(model), tok, tmp_path / "f",
                      loss_type="dr_grpo")
-    g_loss, g_grads, _ = _loss_and_grads(grpo)
-    f_loss, f_grads, _ = _loss_and_grads(fgrpo)
+    g_loss, g_grads, _ = H.loss_and_grads(grpo)
+    f_loss, f_grads, _ = H.loss_and_grads(fgrpo)
     assert any(not torch.allclose(f_grads[n], g_grads[n]) for n in g_grads)
 
 
