@@ -1,5 +1,6 @@
 """Pure parts of the experiment runner: SFT targets, vocabulary, resumability guard."""
 
+import dataclasses
 import json
 import random
 
@@ -82,4 +83,4 @@ def test_popularity_features_reach_prompt_and_vocabulary():
     with pytest.raises(ValueError, match="item_features must be one of none, popularity"):
         candidate_features(ep, "genre")
     with pytest.raises(ValueError, match="recommendation"):
-        candidate_features(_episode().__class__(**{**_episode().__dict__, "task": "qa"}), "popularity")
+        candidate_features(dataclasses.replace(_episode(), task="qa"), "popularity")
