@@ -382,7 +382,9 @@ def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence
 
     data, sources = sweep_table(run_dir, dataset, key, split)
     if len(data):
-        data = hold_fixed(data, hold)
+        # the main run and this key's sweep runs only: another sweep (e.g. n_positives, which
+        # no unit config records) may share this key's value without being this sweep
+        data = hold_fixed(data[(data["run"] == ".") | data["run"].str.startswith(f"sweeps/{key}_")], hold)
         runs = set(data["run"])
         sources = [s for s in sources if (s.split("/train/")[0] if s.startswith("sweeps/") else ".") in runs]
     values = sorted(data[key].unique()) if len(data) else []

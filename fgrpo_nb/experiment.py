@@ -169,8 +169,16 @@ def reuse_if_done(folder: Path, cfg: ExperimentConfig, fields: Sequence[str] | N
     return True
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so another process (a parallel sweep copying
+    this unit) sees the whole file or none of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def mark_done(folder: Path, **info) -> None:
-    (folder / "done.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    write_atomic(folder / "done.json", json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
 def read_log(folder: Path) -> list[dict]:
@@ -377,11 +385,10 @@ def evaluate_checkpoint(model_dir: Path, episodes: Sequence[Episode], cfg: Exper
     prompts = [episode_prompt(ep, cfg) for ep in episodes]
     texts = generate_greedy(model, tokenizer, prompts, cfg.max_completion_length, cfg.eval_batch_size)
     rows = evaluate_texts(texts, episodes, cfg)
-    with (out / f"per_query_{split}.jsonl").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    # per-query rows first: a finished eval_<split>.json always has its rows beside it
+    write_atomic(out / f"per_query_{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     summary = summarise([{k: v for k, v in r.items() if k not in ("query_id", "text")} for r in rows])
-    path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
 
 

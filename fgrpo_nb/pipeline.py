@@ -15,7 +15,9 @@ import ast
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -52,7 +54,9 @@ PROFILES: dict[str, dict] = {
         "qa_n_test": 2,
         "qa_n_val": 0,
         "n_bootstrap": 200,  # 04: bootstrap resamples
-        "sweeps": {"phase_lambda": [0.5], "n": [5]},  # run_sweeps: one extra value each
+        # one extra value each; n_positives builds its own episodes (notebook 01) and SFT
+        "sweeps": {"phase_lambda": [0.5], "n": [5], "n_positives": [3]},
+        "jobs": 2,  # 03, 03b and the sweeps on two processes (run_all)
     },
     # the default: what the committed figures come from (2-core CPU, under 45 minutes);
     # notebook 03 values: chosen from the SFT probes named in the comments, RL lr from the issue's probe
@@ -168,14 +172,17 @@ def check_overrides(overrides: dict, notebooks: list[Path]) -> None:
 
 
 def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
-                 notebooks: list[Path] | None = None, log=print) -> dict[str, float]:
-    """Execute the notebooks in order; return wall seconds per notebook."""
+                 notebooks: list[Path] | None = None, log=print, record: bool = True) -> dict[str, float]:
+    """Execute the notebooks in order; return wall seconds per notebook. With `record` the
+    times are merged into <run_dir>/pipeline_timings.json (`run_all`'s parallel tasks leave
+    that to the parent, so two processes never write the file at once)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     notebooks = list_notebooks() if notebooks is None else notebooks
     overrides = overrides or {}
-    check_overrides(overrides, notebooks)
+    # against every notebook: run_all runs them in parts, each part ignoring the others' keys
+    check_overrides(overrides, list(dict.fromkeys([*list_notebooks(), *notebooks])))
     params = resolve_profile(profile, overrides)
     run_dir = REPO_ROOT / params["run_dir"]
     out_dir = run_dir / "notebooks"
@@ -199,7 +206,8 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
             ) from None
         timings[nb.name] = round(time.perf_counter() - start, 1)
         log(f"[pipeline] {nb.name} done in {timings[nb.name]:.0f} s")
-    _merge_timings(run_dir, timings)
+    if record:
+        _merge_timings(run_dir, timings)
     return timings
 
 
@@ -216,36 +224,48 @@ def sweep_dir(run_dir: Path, key: str, value) -> Path:
     return Path(run_dir) / "sweeps" / f"{key}_{value}"
 
 
-def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict | None = None,
-               log=print) -> dict[str, dict[str, float]]:
-    """Notebook 03 once per swept value (profile's `sweeps`, e.g. {"phase_lambda": [0.5]}),
-    each into its own run folder under <run_dir>/sweeps/ that shares the main run's episodes
-    (a symlink to <run_dir>/data) and, when the swept key does not change SFT, its SFT
-    checkpoints (copied; `reuse_if_done` checks that they match). The profile's
-    `sweep_overrides` (e.g. fewer seeds) apply to sweep runs only. `run_all` calls this between
-    the training notebooks and notebook 04. Returns wall seconds per sweep folder."""
+def sweep_notebooks(key: str) -> list[Path]:
+    """What one sweep setting runs: notebook 03, after notebook 01 when the key shapes the
+    episodes (e.g. `n_positives`); such a sweep builds its own episodes instead of sharing."""
+    notebooks = list_notebooks()
+    data = [nb for nb in notebooks if nb.name.startswith("01_") and key in notebook_parameters(nb)]
+    return data + [nb for nb in notebooks if nb.name.startswith("03_")]
+
+
+def run_sweep(profile: str, overrides: dict | None, key: str, value, log=print) -> dict[str, float]:
+    """One sweep setting: its notebooks (`sweep_notebooks`) into <run_dir>/sweeps/<key>_<value>/,
+    sharing the main run's episodes (a symlink to <run_dir>/data) unless the key shapes them,
+    and, when the key does not change SFT either, its finished SFT checkpoints (copied;
+    `reuse_if_done` checks that they match). The profile's `sweep_overrides` (e.g. fewer
+    seeds) apply to sweep runs only. Returns wall seconds per notebook."""
     from .experiment import SFT_FIELDS  # torch and transformers: only when sweeps run
 
     overrides = overrides or {}
     params = resolve_profile(profile, overrides)
-    sweeps = params.get("sweeps", {}) if sweeps is None else sweeps
     sweep_overrides = {k: v for k, v in params.get("sweep_overrides", {}).items() if k not in overrides}
     run_dir = REPO_ROOT / params["run_dir"]
-    notebooks = [nb for nb in list_notebooks() if nb.name.startswith("03_")]
-    timings = {}
-    for key, values in sweeps.items():
-        for value in values:
-            folder = sweep_dir(run_dir, key, value)
-            folder.mkdir(parents=True, exist_ok=True)
-            if (run_dir / "data").exists() and not (folder / "data").exists():
-                (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
-            if key not in SFT_FIELDS:
-                share_sft_checkpoints(run_dir, folder)
-            log(f"[pipeline] sweep {key} = {value} -> {folder}")
-            timings[folder.name] = run_pipeline(profile, {**sweep_overrides, **overrides, "run_dir": str(folder),
-                                                          "figures_dir": str(folder / "figures"), key: value},
-                                                notebooks, log)
-    return timings
+    notebooks = sweep_notebooks(key)
+    own_episodes = notebooks[0].name.startswith("01_")
+    folder = sweep_dir(run_dir, key, value)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not own_episodes and (run_dir / "data").exists() and not (folder / "data").exists():
+        (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
+    if not own_episodes and key not in SFT_FIELDS:
+        share_sft_checkpoints(run_dir, folder)
+    log(f"[pipeline] sweep {key} = {value} -> {folder}")
+    return run_pipeline(profile, {**sweep_overrides, **overrides, "run_dir": str(folder),
+                                  "figures_dir": str(folder / "figures"), key: value}, notebooks, log)
+
+
+def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict | None = None,
+               log=print) -> dict[str, dict[str, float]]:
+    """Every setting of the profile's `sweeps` (e.g. {"phase_lambda": [0.5]}), one after the
+    other (`run_sweep`); `run_all` runs them as parallel tasks instead. Returns wall seconds
+    per notebook per sweep folder."""
+    params = resolve_profile(profile, overrides)
+    sweeps = params.get("sweeps", {}) if sweeps is None else sweeps
+    return {f"{key}_{value}": run_sweep(profile, overrides, key, value, log)
+            for key, values in sweeps.items() for value in values}
 
 
 def share_sft_checkpoints(run_dir: Path, sweep_folder: Path) -> list[Path]:
@@ -257,24 +277,118 @@ def share_sft_checkpoints(run_dir: Path, sweep_folder: Path) -> list[Path]:
     for unit in sorted(Path(run_dir).glob("train/*/seed*/sft")):
         target = sweep_folder / unit.relative_to(run_dir)
         if (unit / "done.json").exists() and not target.exists():
-            shutil.copytree(unit, target)
+            shutil.copytree(unit, target, ignore=shutil.ignore_patterns("*.tmp"))  # half-written files
             copied.append(target)
     return copied
 
 
+PREP_PREFIXES = ("01", "02")  # notebooks whose run files every later one reads: they run first
 ANALYSIS_PREFIXES = ("04",)  # notebooks that only read run folders: they run after the sweeps
 
 
-def run_all(profile: str = "cpu", overrides: dict | None = None, log=print) -> dict[str, float]:
-    """What `make figures` runs: the training notebooks, the profile's sweeps, then the
-    analysis notebooks (so they draw the sweeps too). Returns wall seconds per part."""
+@dataclass
+class Task:
+    """One independent piece of `run_all`: a picklable call, and when it may start (given the
+    names of the tasks finished so far)."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    ready: Callable[[set], bool] = lambda finished: True
+
+
+def _call(fn: Callable, args: tuple) -> tuple[bool, object]:
+    """Run a task in a worker; a failure (the pipeline's SystemExit included) comes back as a
+    message instead of killing the worker, so the parent can name it and stop the rest."""
+    try:
+        return True, fn(*args)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which exits non-zero
+        return False, f"{type(err).__name__}: {err}" if not isinstance(err, SystemExit) else str(err.code)
+
+
+def run_tasks(tasks: list[Task], jobs: int = 1, log=print, poll_s: float = 2.0) -> dict[str, object]:
+    """Run `tasks` on `jobs` processes (in this process, in order, when jobs is 1), each as
+    soon as a process is free and its `ready()` holds. The first failure stops the others and
+    raises SystemExit with its message. Returns {name: result} in the tasks' order."""
+    if jobs <= 1:
+        results = {}
+        for task in tasks:
+            if not task.ready(set(results)):
+                raise RuntimeError(f"task {task.name} is not ready although every earlier task finished")
+            ok, value = _call(task.fn, task.args)
+            if not ok:
+                raise SystemExit(value)
+            results[task.name] = value
+        return results
+    import multiprocessing
+
+    # spawn: a fresh interpreter per task (no forked torch threads), one task per process
+    pool = multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1)
+    pending, running, results = list(tasks), {}, {}
+    try:
+        while pending or running:
+            for task in [t for t in pending if t.ready(set(results))][: jobs - len(running)]:
+                pending.remove(task)
+                running[task.name] = pool.apply_async(_call, (task.fn, task.args))
+                log(f"[pipeline] started {task.name} ({len(running)} of {jobs} processes busy)")
+            if pending and not running:
+                raise RuntimeError(f"tasks {[t.name for t in pending]} can never start: nothing running makes "
+                                   "them ready")
+            for name, handle in list(running.items()):
+                if handle.ready():
+                    del running[name]
+                    ok, value = handle.get()
+                    if not ok:
+                        raise SystemExit(value)
+                    results[name] = value
+            time.sleep(poll_s if running else 0)
+    finally:
+        pool.terminate()  # after a failure: stop the other tasks now rather than after hours
+        pool.join()
+    return {t.name: results[t.name] for t in tasks}
+
+
+def _sft_ready(run_dir: Path, params: dict) -> bool:
+    """True when the main run's shared SFT checkpoint is finished (profiles with one `sft_seed`)."""
+    seed = params.get("sft_seed", 0)
+    return isinstance(seed, int) and seed >= 0 and any(Path(run_dir).glob(f"train/*/seed{seed}/sft/done.json"))
+
+
+def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs: int | None = None
+            ) -> dict[str, float]:
+    """What `make figures` runs: the data notebooks (01, 02); then, on `jobs` processes (the
+    profile's `jobs`, default 1), the training notebooks (03, 03b) and every sweep setting,
+    a sweep that reuses the main SFT checkpoint starting once it is finished; then the analysis
+    notebooks (so they draw the sweeps too). Returns wall seconds per part, also merged into
+    <run_dir>/pipeline_timings.json, with `parallel` the wall time of the parallel stage."""
+    from .experiment import SFT_FIELDS
+
+    params = resolve_profile(profile, overrides)
+    jobs = int(params.get("jobs", 1) if jobs is None else jobs)
+    run_dir = REPO_ROOT / params["run_dir"]
     notebooks = list_notebooks()
+    prep = [nb for nb in notebooks if nb.name.startswith(PREP_PREFIXES)]
     analysis = [nb for nb in notebooks if nb.name.startswith(ANALYSIS_PREFIXES)]
-    timings = run_pipeline(profile, overrides, [nb for nb in notebooks if nb not in analysis], log)
+    training = [nb for nb in notebooks if nb not in prep and nb not in analysis]
+    timings = run_pipeline(profile, overrides, prep, log)
+    main_name = next((nb.name for nb in training if nb.name.startswith("03_")), None)
+    defaults = {k: ast.literal_eval(v["default"]) for nb in training if nb.name == main_name
+                for k, v in notebook_parameters(nb).items() if k == "sft_seed"}
+    tasks = [Task(nb.name, run_pipeline, (profile, overrides, [nb], print, False)) for nb in training]
+    for key, values in params.get("sweeps", {}).items():
+        shares_sft = key not in SFT_FIELDS and len(sweep_notebooks(key)) == 1
+        for value in values:
+            task = Task(f"sweep {key}={value}", run_sweep, (profile, overrides, key, value, print))
+            if shares_sft:  # starts from the main run's SFT checkpoint: wait for it
+                task.ready = lambda finished: main_name in finished or _sft_ready(run_dir, {**defaults, **params})
+            tasks.append(task)
     start = time.perf_counter()
-    if run_sweeps(profile, overrides, log=log):
-        timings["sweeps"] = round(time.perf_counter() - start, 1)
-        _merge_timings(REPO_ROOT / resolve_profile(profile, overrides)["run_dir"], {"sweeps": timings["sweeps"]})
+    results = run_tasks(tasks, jobs, log)
+    parallel = round(time.perf_counter() - start, 1)
+    for name, value in results.items():  # a notebook's time, or a sweep's total
+        timings[name] = value[name] if name in value else round(sum(value.values()), 1)
+    timings["parallel"] = parallel
+    _merge_timings(run_dir, {k: v for k, v in timings.items() if k not in {nb.name for nb in prep}})
     timings.update(run_pipeline(profile, overrides, analysis, log))
     return timings
 
@@ -284,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu", help=f"one of {sorted(PROFILES)}")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="override one parameter (repeatable)")
+    parser.add_argument("--jobs", type=int, help="processes for notebooks 03, 03b and the sweeps "
+                        "(default: the profile's jobs); each uses one core with OMP_NUM_THREADS=1")
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes "
                         "(e.g. 04); without it: every notebook and the profile's sweeps")
     args = parser.parse_args(argv)
@@ -294,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                          [nb for nb in list_notebooks() if nb.name.startswith(tuple(args.only))])
         else:
             check_overrides(overrides, list_notebooks())
-            run_all(args.profile, overrides)
+            run_all(args.profile, overrides, jobs=args.jobs)
     except ValueError as err:
         print(f"[pipeline] error: {err}", file=sys.stderr)
         return 2

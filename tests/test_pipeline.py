@@ -68,8 +68,9 @@ def test_smoke_profile_end_to_end(tmp_path):
     wall = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timings = json.loads((run / "pipeline_timings.json").read_text())  # the smoke budget: benchmarks, not here
-    # the training notebooks, the profile's sweeps (notebook 03 per value), then notebook 04
-    assert [name.split("_")[0] for name in timings] == ["01", "02", "03", "03b", "sweeps", "04"]
+    # the data notebooks, then (two processes) the training notebooks and the sweeps, then 04
+    assert [name[:3] for name in timings] == ["01_", "02_", "03_", "03b", "swe", "swe", "swe", "par", "04_"]
+    assert set(timings) >= {"sweep phase_lambda=0.5", "sweep n=5", "sweep n_positives=3"}
     for name in FIGURES:
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0
@@ -88,11 +89,51 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert (run / "sweeps" / "phase_lambda_0.5" / main_sft.relative_to(run) / "done.json").read_text() == \
         (main_sft / "done.json").read_text()
     assert json.loads((run / "sweeps" / "n_5" / main_sft.relative_to(run) / "done.json").read_text())["config"]["n"] == 5
+    # the multi-positive variant built its own episodes (three relevant items each) and SFT
+    multi = run / "sweeps" / "n_positives_3"
+    assert not (multi / "data").is_symlink() and (multi / main_sft.relative_to(run) / "done.json").exists()
+    test_rows = [json.loads(line) for line in (multi / "data" / "ml-1m" / "test.jsonl").read_text().splitlines()]
+    assert {len(row["relevant"]) for row in test_rows} == {3}
+    conflict_files = json.loads((figures / "conflict_vs_gain.json").read_text())["run_files"]
+    assert any(f.startswith("sweeps/n_positives_3/") for f in conflict_files)  # one more setting on the map
     for name, key, values in (("lambda_sensitivity_ml-1m", "phase_lambda", [0.5, 1.0]),
                               ("slate_size_ml-1m", "n", [5, 10])):
         sidecar = json.loads((figures / f"{name}.json").read_text())
         assert sidecar["status"] == "ok", sidecar["notes"]
         assert any(f.startswith(f"sweeps/{key}_") for f in sidecar["run_files"])
+
+
+def _not_ready(finished):
+    return False
+
+
+def test_run_tasks_in_order_with_one_job_and_names_a_task_that_cannot_start():
+    tasks = [pipeline.Task("a", pow, (2, 3)), pipeline.Task("b", pow, (3, 2), ready=lambda done: "a" in done)]
+    assert pipeline.run_tasks(tasks, jobs=1) == {"a": 8, "b": 9}
+    with pytest.raises(RuntimeError, match="task c is not ready"):
+        pipeline.run_tasks([pipeline.Task("c", pow, (1, 1), ready=_not_ready)], jobs=1)
+
+
+def test_run_tasks_in_parallel_waits_for_readiness_and_keeps_task_order():
+    log = []
+    tasks = [pipeline.Task("late", pow, (3, 2), ready=lambda done: "first" in done),
+             pipeline.Task("first", pow, (2, 5))]
+    assert list(pipeline.run_tasks(tasks, jobs=2, log=log.append, poll_s=0.05).items()) == [("late", 9),
+                                                                                           ("first", 32)]
+    assert [line.split()[2] for line in log] == ["first", "late"]  # "late" started only after "first" finished
+    with pytest.raises(RuntimeError, match="can never start"):
+        pipeline.run_tasks([pipeline.Task("c", pow, (1, 1), ready=_not_ready)], jobs=2, poll_s=0.05)
+
+
+def test_a_failing_parallel_task_stops_the_others_and_names_its_error():
+    start = time.perf_counter()
+    tasks = [pipeline.Task("slow", time.sleep, (120,)), pipeline.Task("bad", int, ("x",)),
+             pipeline.Task("exits", sys.exit, ("notebook 03 failed in cell 7",))]
+    with pytest.raises(SystemExit, match="ValueError: invalid literal for int"):
+        pipeline.run_tasks(tasks, jobs=2, poll_s=0.05)
+    assert time.perf_counter() - start < 60  # the 120 s task was stopped, not waited for
+    with pytest.raises(SystemExit, match="notebook 03 failed in cell 7"):
+        pipeline.run_tasks(tasks[2:], jobs=2, poll_s=0.05)
 
 
 def test_share_sft_checkpoints_copies_finished_units_only(tmp_path):
@@ -101,11 +142,13 @@ def test_share_sft_checkpoints_copies_finished_units_only(tmp_path):
     (done / "model").mkdir(parents=True)
     (done / "done.json").write_text('{"config": {"n": 10}}')
     (done / "model" / "model.safetensors").write_bytes(b"weights")
+    (done / "eval_test.json.tmp").write_text("{")  # being written by the main run: not copied
     unfinished = run / "train" / "ml-1m" / "seed1" / "sft"
     unfinished.mkdir(parents=True)
     copied = pipeline.share_sft_checkpoints(run, sweep)
     assert copied == [sweep / "train" / "ml-1m" / "seed0" / "sft"]
     assert (copied[0] / "model" / "model.safetensors").read_bytes() == b"weights"
+    assert not (copied[0] / "eval_test.json.tmp").exists()
     assert not (sweep / "train" / "ml-1m" / "seed1").exists()
     assert pipeline.share_sft_checkpoints(run, sweep) == []  # a rerun leaves the copy alone
 
