@@ -96,15 +96,24 @@ def unit_config(folder: Path) -> dict:
     return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
 
 
+def episode_params(run_dir, dataset: str) -> dict:
+    """The parameters notebook 01 built a run's episodes with (e.g. `n_positives`), {} if unknown."""
+    path = Path(run_dir) / "data" / dataset / "params.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def eval_table(run_dir, dataset: str, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
-    """One row per (seed, method) from eval_<split>.json, with the unit's config values."""
+    """One row per (seed, method) from eval_<split>.json, with the unit's config values and
+    the episodes' number of relevant items (`n_positives`, which no unit config records)."""
     rows, sources = [], []
+    n_positives = episode_params(run_dir, dataset).get("n_positives")
     for folder in unit_folders(run_dir, dataset):
         path = folder / f"eval_{split}.json"
         if path.exists():
             cfg = unit_config(folder)
             rows.append({"dataset": dataset, "seed": _seed(folder), "method": display_name(folder.name),
-                         "phase_lambda": cfg.get("phase_lambda"), "n": cfg.get("n"), **json.loads(path.read_text())})
+                         "phase_lambda": cfg.get("phase_lambda"), "n": cfg.get("n"), "n_positives": n_positives,
+                         **json.loads(path.read_text())})
             sources.append(_rel(path, run_dir))
     return pd.DataFrame(rows), sources
 
@@ -367,12 +376,14 @@ def sweep_summary(data: pd.DataFrame, key: str, metrics: Sequence[str]) -> pd.Da
 
 def hold_fixed(data: pd.DataFrame, hold: Sequence[str]) -> pd.DataFrame:
     """Rows whose `hold` config values equal the main run's (the most common value when the
-    main run has none), so a lambda sweep is not mixed with runs of another slate size."""
+    main run has none), so a lambda sweep is not mixed with runs of another slate size or
+    number of relevant items. A row whose value is unknown (a run folder without notebook 01's
+    params.json) is kept."""
     for column in hold:
         if column in data and data[column].notna().any():
             main = data[(data["run"] == ".") & data[column].notna()]
             value = (main if len(main) else data)[column].mode().iloc[0]
-            data = data[data[column] == value]
+            data = data[(data[column] == value) | data[column].isna()]
     return data
 
 
@@ -382,9 +393,7 @@ def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence
 
     data, sources = sweep_table(run_dir, dataset, key, split)
     if len(data):
-        # the main run and this key's sweep runs only: another sweep (e.g. n_positives, which
-        # no unit config records) may share this key's value without being this sweep
-        data = hold_fixed(data[(data["run"] == ".") | data["run"].str.startswith(f"sweeps/{key}_")], hold)
+        data = hold_fixed(data, hold)
         runs = set(data["run"])
         sources = [s for s in sources if (s.split("/train/")[0] if s.startswith("sweeps/") else ".") in runs]
     values = sorted(data[key].unique()) if len(data) else []
@@ -421,13 +430,13 @@ def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence
 def lambda_sensitivity(run_dir, dataset: str, split: str = "test") -> Result:
     """N@1 and R@1 against the ranking weight lambda, GRPO and F-GRPO (paper: 1.0 best)."""
     return _sweep_figure(run_dir, dataset, "phase_lambda", "lambda (ranking weight)", ("N@1", "R@1"),
-                         f"lambda_sensitivity_{dataset}", split, hold=("n",))
+                         f"lambda_sensitivity_{dataset}", split, hold=("n", "n_positives"))
 
 
 def slate_size(run_dir, dataset: str, split: str = "test") -> Result:
     """R@k and N@k against the slate size n (paper: n = 10 best of 5, 10, 15)."""
     return _sweep_figure(run_dir, dataset, "n", "slate size n", ("R@5", "N@5", "SlateRecall"),
-                         f"slate_size_{dataset}", split, hold=("phase_lambda",))
+                         f"slate_size_{dataset}", split, hold=("phase_lambda", "n_positives"))
 
 
 # ---------------------------------------------------------------- conflict vs gain

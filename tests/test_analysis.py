@@ -186,6 +186,18 @@ def test_sweeps_read_config_values(run):
     assert size.status == "not run" and size.fig is None and "not run in this profile" in size.notes[0]
 
 
+def test_a_multi_positive_run_is_another_setting_not_a_lambda_point(run):
+    multi = write_synthetic_run(run / "sweeps" / "n_positives_3", hit_shift=5)  # lambda 1, like the main run
+    for root, m in ((run, 1), (multi, 3)):  # notebook 01's record of the episodes
+        (root / "data" / "ml-1m").mkdir(parents=True)
+        (root / "data" / "ml-1m" / "params.json").write_text(json.dumps({"n_positives": m}))
+    lam = A.lambda_sensitivity(run, "ml-1m")
+    f = lam.data[(lam.data["method"] == "F-GRPO") & (lam.data["metric"] == "N@1")].set_index("phase_lambda")
+    assert f.loc[1.0, "mean"] == pytest.approx(0.55) and f.loc[1.0, "n_seeds"] == 3  # the main run only
+    assert not any("n_positives_3" in s for s in lam.sources)
+    assert "sweeps/n_positives_3" in set(A.conflict_vs_gain(run).data["run"])
+
+
 def test_conflict_vs_gain_one_point_per_setting(run):
     result = A.conflict_vs_gain(run)
     data = result.data
