@@ -278,6 +278,35 @@ def error_breakdown(run_dir, dataset: str, split: str = "test") -> Result:
     return Result(name, data, fig, sources, notes)
 
 
+def slate_copy_rates(run_dir, dataset: str, split: str = "test",
+                     methods: Sequence[str] = ("SFT", *RL_METHODS)) -> pd.DataFrame:
+    """Per method and seed, the share of valid rollouts whose ranking is just the first labels
+    of its own slate in the order they were written: a ranking that carries no preference of
+    its own (the slate is a set, written in pool order by SFT). RL can raise validity this way
+    while the ranking phase learns nothing, so read Hit@1 gains with this beside them."""
+    from .rollout import parse_rollout
+
+    rows = []
+    for folder in unit_folders(run_dir, dataset):
+        path = folder / f"per_query_{split}.jsonl"
+        method = display_name(folder.name)
+        if method not in methods or not path.exists():
+            continue
+        cfg = unit_config(folder)
+        valid = copies = 0
+        for line in path.read_text().splitlines():
+            text = json.loads(line).get("text") if line.strip() else None
+            if text is None:
+                continue
+            rollout = parse_rollout(text, None, n=cfg.get("n", 10), k=cfg.get("k", 5))
+            if rollout.valid and rollout.ranking:
+                valid += 1
+                copies += list(rollout.ranking) == list(rollout.slate[: len(rollout.ranking)])
+        rows.append({"dataset": dataset, "method": method, "seed": _seed(folder), "valid": valid,
+                     "copy_rate": copies / valid if valid else float("nan")})
+    return pd.DataFrame(rows, columns=["dataset", "method", "seed", "valid", "copy_rate"])
+
+
 # ---------------------------------------------------------------- advantage conflicts
 
 

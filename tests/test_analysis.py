@@ -198,6 +198,19 @@ def test_a_multi_positive_run_is_another_setting_not_a_lambda_point(run):
     assert "sweeps/n_positives_3" in set(A.conflict_vs_gain(run).data["run"])
 
 
+def test_slate_copy_rates_count_rankings_that_repeat_the_slate_order(tmp_path):
+    folder = tmp_path / "train" / "ml-1m" / "seed0" / "grpo"
+    folder.mkdir(parents=True)
+    texts = ["<SLATE> c3 c1 c2 </SLATE> <RANK> c3 c1 </RANK>",  # the slate's first two, in order: a copy
+             "<SLATE> c3 c1 c2 </SLATE> <RANK> c1 c3 </RANK>",  # reordered: a preference of its own
+             "<SLATE> c3 c1 c2 </SLATE> <RANK> c9 </RANK>",  # invalid (c9 not in the slate): not counted
+             "<SLATE> c4 c5 </SLATE> <RANK> c4 c5 </RANK>"]
+    (folder / "per_query_test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (folder / "done.json").write_text(json.dumps({"config": {"n": 10, "k": 5}}))
+    rates = A.slate_copy_rates(tmp_path, "ml-1m").set_index("method")
+    assert rates.loc["GRPO", "valid"] == 3 and rates.loc["GRPO", "copy_rate"] == pytest.approx(2 / 3)
+
+
 def test_conflict_vs_gain_one_point_per_setting(run):
     result = A.conflict_vs_gain(run)
     data = result.data
