@@ -5,7 +5,11 @@
 
 Each spec is `lr:prompts_per_step:rl_steps:method`, or `method,key=value,...` with any
 ExperimentConfig RL fields (`lr`, `rl_steps`, `beta`, `scale`, `temperature`, ...);
-everything else is the run's own configuration (read from its SFT unit's done.json). Every spec trains from the same SFT
+everything else is the run's own configuration (read from its SFT unit's done.json).
+
+A run folder with episodes but no SFT unit yet (e.g. after `python -m fgrpo_nb.pipeline
+--profile cpu -p run_name tune --only 01`) gets one with `--sft key=value ...`: the cpu
+profile's SFT settings with those changes (e.g. `--sft sft_epochs=2.0` for a stronger start). Every spec trains from the same SFT
 checkpoint (seed 0) into `<out>/<spec>/` and is decoded greedily on the first `--n-val`
 validation episodes, never on test. Prints one line per spec with the SFT line first, so
 "did RL improve on its start?" is read off directly.
@@ -27,20 +31,44 @@ from fgrpo_nb.experiment import SFT_FIELDS, ExperimentConfig, evaluate_checkpoin
 METRICS = ("Hit@1", "N@5", "SlateRecall", "ValidRatio")
 
 
+def with_changes(base: ExperimentConfig, changes: list[str], forbidden=()) -> ExperimentConfig:
+    """`base` with KEY=VALUE changes, each value cast to the field's type."""
+    types = {f.name: type(getattr(base, f.name)) for f in fields(ExperimentConfig)}
+    pairs = dict(change.split("=") for change in changes)
+    bad = sorted(key for key in pairs if key not in types or key in forbidden)
+    if bad:
+        raise SystemExit(f"{bad}: not ExperimentConfig fields{' this can change' if forbidden else ''} "
+                         "(SFT fields need their own SFT unit: --sft)")
+    return replace(base, **{key: types[key](value) for key, value in pairs.items()})
+
+
 def parse_spec(spec: str, base: ExperimentConfig) -> tuple[str, ExperimentConfig]:
     """`lr:prompts:steps:method` or `method,key=value,...` -> (method, config)."""
     if ":" in spec:
         lr, prompts, steps, method = spec.split(":")
         return method, replace(base, lr=float(lr), prompts_per_step=int(prompts), rl_steps=int(steps))
-    method, *pairs = spec.split(",")
-    types = {f.name: type(getattr(base, f.name)) for f in fields(ExperimentConfig)}
-    changes = {}
-    for pair in pairs:
-        key, value = pair.split("=")
-        if key not in types or key in SFT_FIELDS:
-            raise SystemExit(f"{key!r} is not an RL field of ExperimentConfig (SFT fields need their own SFT run)")
-        changes[key] = types[key](value)
-    return method, replace(base, **changes)
+    method, *changes = spec.split(",")
+    return method, with_changes(base, changes, forbidden=SFT_FIELDS)
+
+
+def sft_config(changes: list[str]) -> ExperimentConfig:
+    """The cpu profile's ExperimentConfig values with `changes` (KEY=VALUE strings)."""
+    from fgrpo_nb.pipeline import PROFILES
+
+    names = {f.name for f in fields(ExperimentConfig)}
+    return with_changes(ExperimentConfig(**{k: v for k, v in PROFILES["cpu"].items() if k in names}), changes)
+
+
+def train_sft(run: Path, dataset: str, episodes: dict, changes: list[str]) -> None:
+    """The cpu profile's SFT (seed 0) with `changes`, into <run>/train/<dataset>/seed0/sft."""
+    from fgrpo_nb.data import item_popularity
+    from fgrpo_nb.experiment import run_sft, tiny_vocab, unit_dir
+    from fgrpo_nb.teachers import make_teacher
+
+    cfg = sft_config(changes)
+    vocab = tiny_vocab([e for split in episodes.values() for e in split])
+    teacher = make_teacher("popularity", item_popularity(dataset))
+    run_sft(cfg, episodes["train"], vocab, teacher, unit_dir(run, dataset, 0, "sft"), seed=0)
 
 
 def main() -> None:
@@ -50,9 +78,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--out", default="runs/tune_rl")
     parser.add_argument("--n-val", type=int, default=1000)
+    parser.add_argument("--sft", nargs="*", metavar="KEY=VALUE",
+                        help="train the run's SFT unit first if it has none: the cpu profile's SFT with these changes")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     sft = Path(args.run) / "train" / args.dataset / "seed0" / "sft"
+    if not (sft / "done.json").exists():
+        if args.sft is None:
+            raise SystemExit(f"{sft} has no finished SFT unit: pass --sft (optionally with KEY=VALUE changes)")
+        train_sft(Path(args.run), args.dataset, load_episodes(args.run, args.dataset), args.sft)
     stored = json.loads((sft / "done.json").read_text())["config"]
     cfg0 = ExperimentConfig(**{f.name: stored[f.name] for f in fields(ExperimentConfig) if f.name in stored})
     episodes = load_episodes(args.run, args.dataset)
