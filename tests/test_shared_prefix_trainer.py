@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -14,10 +15,13 @@ from trl import GRPOTrainer
 
 import fgrpo_helpers as H
 from fgrpo_nb import shared_prefix as SP
+from fgrpo_nb.sampling import fast_multinomial
 from fgrpo_nb.trainer import (
     FGRPOConfig, FGRPOTrainer, GRPOPhaseMetricsTrainer, SharedPrefixGRPOConfig, SharedPrefixGRPOTrainer,
     make_trainer,
 )
+
+TORCH_MULTINOMIAL = torch.multinomial
 
 FALLBACK = "shared-prefix forward: falling back"
 
@@ -299,7 +303,8 @@ def test_prefilled_generate_gives_generates_tokens_and_logits(sample, prefills):
                               eos_token_id=tok.eos_token_id, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
         torch.manual_seed(1)
-        plain = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        with fast_multinomial():  # the sampler prefilled_generate uses: the comparison is about the prefill
+            plain = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         torch.manual_seed(1)
         shared = SP.prefilled_generate(model.generate, model, ids, mask, generation_config=config)
     assert prefills == [True]
@@ -329,8 +334,10 @@ def test_trainer_samples_the_same_completions_on_and_off(tmp_path, prefills):
         trainer.model.train()
         batch = next(iter(trainer.get_train_dataloader()))
         torch.manual_seed(3)
-        outputs.append(trainer._generate_and_score_completions(batch))
+        with fast_multinomial() if trainer is off else nullcontext():  # on samples with it by itself
+            outputs.append(trainer._generate_and_score_completions(batch))
     assert prefills == [True]  # on: prefilled; off: TRL's generate untouched
+    assert torch.multinomial is TORCH_MULTINOMIAL  # and torch's sampler is back after the call
     assert "generate" not in vars(on.model)  # the patch is gone after the call
     assert torch.equal(outputs[0]["completion_ids"], outputs[1]["completion_ids"])
     assert outputs[0]["completion_ids"].size(1) > 1
