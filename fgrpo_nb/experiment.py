@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -276,6 +277,23 @@ def run_sft(cfg: ExperimentConfig, train: Sequence[Episode], vocab: Sequence[str
     return sft_on_rows(cfg, rows, vocab, out, seed)
 
 
+@contextmanager
+def completion_positions_only():
+    """TRL's SFTTrainer scores the loss through a fused LM head that, on devices without Triton,
+    scores every position and zeroes the prompt's (fixed tile shapes for compilers). In eager
+    CPU mode nothing recompiles, so within this block it scores the completion's positions only,
+    as it does on GPUs: the same loss and metrics, and the tiny model's SFT step took 1.5 s
+    before against 0.7 s after (prompts are ~85% of its tokens; `benchmarks/sft_step.py`)."""
+    import trl.trainer.utils as trl_utils
+
+    previous = trl_utils._use_triton  # only its `compact` choice reads this name; kernels keep their own
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = previous
+
+
 def sft_on_rows(cfg: ExperimentConfig, rows: list[dict], vocab: Sequence[str], out: Path, seed: int) -> Path:
     """TRL's SFTTrainer on prompt-completion rows, from a fresh base model; resumable."""
     from datasets import Dataset
@@ -297,7 +315,8 @@ def sft_on_rows(cfg: ExperimentConfig, rows: list[dict], vocab: Sequence[str], o
                          peft_config=lora_config(cfg, _num_layers(model)),
                          callbacks=[JsonlLogger(out / "log.jsonl", validity)])
     start = time.perf_counter()
-    trainer.train()
+    with completion_positions_only():
+        trainer.train()
     save_model(trainer.model, tokenizer, out / "model")
     mark_done(out, seconds=round(time.perf_counter() - start, 1), examples=len(rows), config=asdict(cfg))
     return out / "model"

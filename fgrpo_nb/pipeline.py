@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ PROFILES: dict[str, dict] = {
         "sweeps": {"phase_lambda": [0.5], "n_positives": [3]},
         "sweep_overrides": {"seeds": [0, 1], "baselines": [], "decoupled_seeds": []},
         "jobs": 2,  # 03, 03b and the sweeps on two processes, one per core
+        "seed_parts": True,  # ... each seed a task of its own (run_all): 03 alone was the longest path
     },
     # for users with a GPU and the hub; untested here. Qwen3-4B-Instruct-2507 in chat
     # style, the paper's group size and RL length; learning rates for a full-weight 4B model.
@@ -178,11 +180,20 @@ def check_overrides(overrides: dict, notebooks: list[Path]) -> None:
         raise ValueError(f"unknown parameter(s) {unknown}; allowed: {sorted(known)}")
 
 
+SEED_LIST_KEYS = ("seeds", "decoupled_seeds", "qa_seeds")  # parameters that list seeds: a seed part keeps one
+
+
 def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
-                 notebooks: list[Path] | None = None, log=print, record: bool = True) -> dict[str, float]:
+                 notebooks: list[Path] | None = None, log=print, record: bool = True,
+                 seed: int | None = None) -> dict[str, float]:
     """Execute the notebooks in order; return wall seconds per notebook. With `record` the
     times are merged into <run_dir>/pipeline_timings.json (`run_all`'s parallel tasks leave
-    that to the parent, so two processes never write the file at once)."""
+    that to the parent, so two processes never write the file at once).
+
+    With `seed`, each notebook runs for that seed only (its seed lists keep that seed): a part
+    of `run_all`'s parallel stage, which trains one seed's units into the shared run folder.
+    Its executed copy and figures go to <run_dir>/notebooks/parts/, its time to the key
+    "<notebook> seed <seed>"."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -198,21 +209,30 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
     for nb in notebooks:
         declared = notebook_parameters(nb)
         nb_params = {k: v for k, v in params.items() if k in declared}
-        log(f"[pipeline] {nb.name} ({profile}) ...")
+        name, executed = nb.name, out_dir / nb.name
+        if seed is not None:
+            for key in (k for k in SEED_LIST_KEYS if k in declared):
+                values = nb_params.get(key, ast.literal_eval(declared[key]["default"]))
+                nb_params[key] = [s for s in values if s == seed]
+            name, executed = f"{nb.name} seed {seed}", out_dir / "parts" / f"{nb.stem}_seed{seed}.ipynb"
+            if "figures_dir" in declared:  # a part's figures show one seed: not the run's figures
+                nb_params["figures_dir"] = str(out_dir / "parts" / f"figures_seed{seed}")
+            executed.parent.mkdir(exist_ok=True)
+        log(f"[pipeline] {name} ({profile}) ...")
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(nb), str(out_dir / nb.name), parameters=nb_params,
+                str(nb), str(executed), parameters=nb_params,
                 kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False,
             )
         except PapermillExecutionError as err:
             raise SystemExit(
-                f"[pipeline] {nb.name} failed in cell {err.cell_index} "
+                f"[pipeline] {name} failed in cell {err.cell_index} "
                 f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
-                f"executed copy: {out_dir / nb.name}"
+                f"executed copy: {executed}"
             ) from None
-        timings[nb.name] = round(time.perf_counter() - start, 1)
-        log(f"[pipeline] {nb.name} done in {timings[nb.name]:.0f} s")
+        timings[name] = round(time.perf_counter() - start, 1)
+        log(f"[pipeline] {name} done in {timings[name]:.0f} s")
     if record:
         _merge_timings(run_dir, timings)
     return timings
@@ -223,7 +243,9 @@ def _merge_timings(run_dir: Path, timings: dict[str, float]) -> None:
     times of the notebooks it did not run."""
     path = run_dir / "pipeline_timings.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # seed parts of one sweep share the file
+    temporary.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 def sweep_dir(run_dir: Path, key: str, value) -> Path:
@@ -239,29 +261,42 @@ def sweep_notebooks(key: str) -> list[Path]:
     return data + [nb for nb in notebooks if nb.name.startswith("03_")]
 
 
-def run_sweep(profile: str, overrides: dict | None, key: str, value, log=print) -> dict[str, float]:
-    """One sweep setting: its notebooks (`sweep_notebooks`) into <run_dir>/sweeps/<key>_<value>/,
+def sweep_parameters(profile: str, overrides: dict | None, key: str, value) -> dict:
+    """The overrides one sweep setting's notebooks run with: the profile's `sweep_overrides`
+    (e.g. fewer seeds; a command-line override wins), its own run folder and figures, the value."""
+    overrides = overrides or {}
+    params = resolve_profile(profile, overrides)
+    sweep_overrides = {k: v for k, v in params.get("sweep_overrides", {}).items() if k not in overrides}
+    folder = sweep_dir(REPO_ROOT / params["run_dir"], key, value)
+    return {**sweep_overrides, **overrides, "run_dir": str(folder), "figures_dir": str(folder / "figures"), key: value}
+
+
+def run_sweep(profile: str, overrides: dict | None, key: str, value, log=print,
+              only: tuple[str, ...] | None = None, seed: int | None = None) -> dict[str, float]:
+    """One sweep setting: its notebooks (`sweep_notebooks`; with `only`, those whose names start
+    with these prefixes; with `seed`, for that seed only) into <run_dir>/sweeps/<key>_<value>/,
     sharing the main run's episodes (a symlink to <run_dir>/data) unless the key shapes them,
     and, when the key does not change SFT either, its finished SFT checkpoints (copied;
     `reuse_if_done` checks that they match). The profile's `sweep_overrides` (e.g. fewer
     seeds) apply to sweep runs only. Returns wall seconds per notebook."""
     from .experiment import SFT_FIELDS  # torch and transformers: only when sweeps run
 
-    overrides = overrides or {}
     params = resolve_profile(profile, overrides)
-    sweep_overrides = {k: v for k, v in params.get("sweep_overrides", {}).items() if k not in overrides}
     run_dir = REPO_ROOT / params["run_dir"]
     notebooks = sweep_notebooks(key)
     own_episodes = notebooks[0].name.startswith("01_")
     folder = sweep_dir(run_dir, key, value)
     folder.mkdir(parents=True, exist_ok=True)
     if not own_episodes and (run_dir / "data").exists() and not (folder / "data").exists():
-        (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
+        try:
+            (folder / "data").symlink_to((run_dir / "data").resolve(), target_is_directory=True)
+        except FileExistsError:  # another seed part of this setting made it a moment ago
+            pass
     if not own_episodes and key not in SFT_FIELDS:
         share_sft_checkpoints(run_dir, folder)
     log(f"[pipeline] sweep {key} = {value} -> {folder}")
-    return run_pipeline(profile, {**sweep_overrides, **overrides, "run_dir": str(folder),
-                                  "figures_dir": str(folder / "figures"), key: value}, notebooks, log)
+    notebooks = [nb for nb in notebooks if only is None or nb.name.startswith(only)]
+    return run_pipeline(profile, sweep_parameters(profile, overrides, key, value), notebooks, log, seed=seed)
 
 
 def run_sweeps(profile: str = "cpu", overrides: dict | None = None, sweeps: dict | None = None,
@@ -284,8 +319,17 @@ def share_sft_checkpoints(run_dir: Path, sweep_folder: Path) -> list[Path]:
     for unit in sorted(Path(run_dir).glob("train/*/seed*/sft")):
         target = sweep_folder / unit.relative_to(run_dir)
         if (unit / "done.json").exists() and not target.exists():
-            shutil.copytree(unit, target, ignore=shutil.ignore_patterns("*.tmp"))  # half-written files
-            copied.append(target)
+            # copied aside, then renamed into place: seed parts of one sweep run side by side and
+            # each shares what is finished, so a unit folder must appear whole or not at all
+            scratch = sweep_folder / ".sharing" / f"{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(unit, scratch, ignore=shutil.ignore_patterns("*.tmp"))  # half-written files
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(scratch, target)
+                copied.append(target)
+            except OSError:  # another part put it there first
+                shutil.rmtree(scratch)
     return copied
 
 
@@ -356,17 +400,57 @@ def run_tasks(tasks: list[Task], jobs: int = 1, log=print, poll_s: float = 2.0) 
 
 
 def _sft_ready(run_dir: Path, sft_seed) -> bool:
-    """True when the main run's shared SFT checkpoint is finished (runs with one `sft_seed`)."""
+    """True when the SFT checkpoint of seed `sft_seed` in `run_dir` is finished."""
     return isinstance(sft_seed, int) and sft_seed >= 0 and any(Path(run_dir).glob(f"train/*/seed{sft_seed}/sft/done.json"))
 
 
-def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs: int | None = None
-            ) -> dict[str, float]:
+def _parameter(params: dict, key: str, notebook: Path | None):
+    """A parameter as a notebook will see it: the profile's or override's value, else its default."""
+    if key in params or notebook is None:
+        return params.get(key)
+    declared = notebook_parameters(notebook)
+    return ast.literal_eval(declared[key]["default"]) if key in declared else None
+
+
+def seed_part_tasks(name: str, fn: Callable, args: tuple, seeds: list, sft_seed, sft_folder: Path,
+                    needs: tuple[str, ...] = (), waits_for_sft=None) -> tuple[list[Task], list[Task], Task]:
+    """Notebook 03 (or one sweep setting's) split for `run_tasks`: one task per seed, `fn(*args,
+    seed)`, then `fn(*args, None)`, the whole notebook, which finds every unit finished and
+    only reports. Units of different seeds are independent once the SFT they start from
+    exists: when every seed shares one (`sft_seed` >= 0), the part that trains it runs first
+    and the others wait for its checkpoint in `sft_folder`; `waits_for_sft(seed, finished)`
+    replaces that rule (a sweep starting from the main run's checkpoints). Every task waits
+    for `needs`. Returns (parts that train an SFT, the other parts, the whole notebook)."""
+    shared = isinstance(sft_seed, int) and sft_seed >= 0
+    trainer = (sft_seed if sft_seed in seeds else seeds[0]) if shared else None
+    own_sft = waits_for_sft is None
+    if own_sft:
+        def waits_for_sft(seed, finished):
+            return trainer is None or seed == trainer or _sft_ready(sft_folder, sft_seed)
+    first, rest = [], []
+    for seed in seeds:
+        def ready(finished, seed=seed):
+            return set(needs) <= finished and waits_for_sft(seed, finished)
+        task = Task(f"{name} seed {seed}", fn, (*args, seed), ready)
+        (first if own_sft and (trainer is None or seed == trainer) else rest).append(task)
+    parts = {t.name for t in first + rest} | set(needs)
+    return first, rest, Task(name, fn, (*args, None), lambda finished: parts <= finished)
+
+
+def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs: int | None = None,
+            seed_parts: bool | None = None) -> dict[str, float]:
     """What `make figures` runs: the data notebooks (01, 02); then, on `jobs` processes (the
-    profile's `jobs`, default 1), the training notebooks (03, 03b) and every sweep setting,
-    a sweep that reuses the main SFT checkpoint starting once it is finished; then the analysis
-    notebooks (so they draw the sweeps too). Returns wall seconds per part, also merged into
-    <run_dir>/pipeline_timings.json, with `parallel` the wall time of the parallel stage."""
+    profile's `jobs`, default 1), the training notebooks (03, 03b) and every sweep setting;
+    then the analysis notebooks (so they draw the sweeps too). Returns wall seconds per part,
+    also merged into <run_dir>/pipeline_timings.json, with `parallel` the wall time of the
+    parallel stage.
+
+    With `seed_parts` (the profile's, default off) and more than one process, notebook 03 and
+    each sweep setting run one task per seed (`seed_part_tasks`): the units are independent,
+    and one notebook training every seed in turn was the longest path. Each part and each
+    whole notebook costs a kernel start and imports (~20 s), more than the smoke profile's units. A sweep that keeps SFT starts from the main run's checkpoint,
+    once it is finished; a sweep on a notebook-01 key builds its episodes first. Tasks that
+    others wait for are started first."""
     from .experiment import SFT_FIELDS
 
     params = resolve_profile(profile, overrides)
@@ -379,19 +463,49 @@ def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs
     timings = run_pipeline(profile, overrides, prep, log)
     main = next((nb for nb in training if nb.name.startswith("03_")), None)
     main_name = main.name if main else None
-    sft_seed = params.get("sft_seed", ast.literal_eval(notebook_parameters(main)["sft_seed"]["default"]) if main else None)
-    tasks = [Task(nb.name, run_pipeline, (profile, overrides, [nb], print, False)) for nb in training]
+    sft_seed = _parameter(params, "sft_seed", main)
+    seeds = _parameter(params, "seeds", main) or []
+    split = jobs > 1 and bool(params.get("seed_parts", False) if seed_parts is None else seed_parts)
+    gates, others, parts, wholes = [], [], [], []  # started in this order when ready (run_tasks)
+    for nb in training:
+        args = (profile, overrides, [nb], print, False)
+        if nb is main and split and len(seeds) > 1:
+            first, rest, whole = seed_part_tasks(nb.name, run_pipeline, args, seeds, sft_seed, run_dir)
+            gates, parts, wholes = gates + first, parts + rest, wholes + [whole]
+        else:
+            others.append(Task(nb.name, run_pipeline, args))
     for key, values in params.get("sweeps", {}).items():
-        shares_sft = key not in SFT_FIELDS and len(sweep_notebooks(key)) == 1
+        own_episodes = len(sweep_notebooks(key)) > 1
+        shares_sft = key not in SFT_FIELDS and not own_episodes
         for value in values:
-            task = Task(f"sweep {key}={value}", run_sweep, (profile, overrides, key, value, print))
-            if shares_sft:  # starts from the main run's SFT checkpoint: wait for it
-                task.ready = lambda finished: main_name in finished or _sft_ready(run_dir, sft_seed)
-            tasks.append(task)
+            name = f"sweep {key}={value}"
+            sweep = resolve_profile(profile, sweep_parameters(profile, overrides, key, value))
+            sweep_seeds = _parameter(sweep, "seeds", main) or []
+            needs = ()
+            if own_episodes and split:
+                gates.append(Task(f"{name} data", run_sweep, (profile, overrides, key, value, print, ("01",))))
+                needs = (gates[-1].name,)
+            if shares_sft:  # starts from the main run's SFT checkpoints: wait for them
+                def waits(seed, finished, per_seed=not (isinstance(sft_seed, int) and sft_seed >= 0)):
+                    return main_name in finished or _sft_ready(run_dir, seed if per_seed else sft_seed)
+            else:
+                waits = None
+            if split and len(sweep_seeds) > 1:
+                first, rest, whole = seed_part_tasks(
+                    name, run_sweep, (profile, overrides, key, value, print, ("03",)), sweep_seeds,
+                    _parameter(sweep, "sft_seed", main), Path(sweep["run_dir"]), needs, waits)
+                gates, parts, wholes = gates + first, parts + rest, wholes + [whole]
+            else:
+                task = Task(name, run_sweep, (profile, overrides, key, value, print, ("03",) if needs else None))
+                if waits or needs:
+                    task.ready = lambda finished, needs=needs, waits=waits: (
+                        set(needs) <= finished and (waits is None or waits(None, finished)))
+                others.append(task)
+    tasks = gates + others + parts + wholes
     start = time.perf_counter()
     results = run_tasks(tasks, jobs, log)
     parallel = round(time.perf_counter() - start, 1)
-    for name, value in results.items():  # a notebook's time, or a sweep's total
+    for name, value in results.items():  # a notebook's (or part's) time, or a sweep task's total
         timings[name] = value[name] if name in value else round(sum(value.values()), 1)
     timings["parallel"] = parallel
     _merge_timings(run_dir, {k: v for k, v in timings.items() if k not in {nb.name for nb in prep}})
@@ -408,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the profile's jobs); each uses one core with OMP_NUM_THREADS=1")
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes "
                         "(e.g. 04); without it: every notebook and the profile's sweeps")
+    parser.add_argument("--seed-parts", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --jobs > 1, train notebook 03's and each sweep's seeds as separate tasks "
+                        "(default: the profile's seed_parts)")
     args = parser.parse_args(argv)
     overrides = {k: parse_override(v) for k, v in args.p}
     try:
@@ -416,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                          [nb for nb in list_notebooks() if nb.name.startswith(tuple(args.only))])
         else:
             check_overrides(overrides, list_notebooks())
-            run_all(args.profile, overrides, jobs=args.jobs)
+            run_all(args.profile, overrides, jobs=args.jobs, seed_parts=args.seed_parts)
     except ValueError as err:
         print(f"[pipeline] error: {err}", file=sys.stderr)
         return 2

@@ -84,3 +84,43 @@ def test_popularity_features_reach_prompt_and_vocabulary():
         candidate_features(ep, "genre")
     with pytest.raises(ValueError, match="recommendation"):
         candidate_features(dataclasses.replace(_episode(), task="qa"), "popularity")
+
+
+def test_sft_scoring_completion_positions_only_keeps_loss_and_gradients(tmp_path):
+    """`completion_positions_only` changes which positions TRL's fused LM head scores on CPU,
+    not the loss: the same batch gives the same loss, gradients and token accuracy."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    import trl.trainer.utils as trl_utils
+
+    import fgrpo_helpers as H
+    from fgrpo_nb.experiment import completion_positions_only
+
+    model, tok = H.tiny_model()
+    rows = Dataset.from_dict({"prompt": ["Q: u1 u2", "Q: u3"], "completion": [" <SLATE> i1 i2", " <SLATE> i3"]})
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], max_length=None, bf16=False,
+                     gradient_checkpointing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["labels"] == -100).float().mean() > 0.3  # the prompt's positions: what is skipped
+    results = []
+    for block in (completion_positions_only, None):
+        model.zero_grad()
+        if block:
+            with block():
+                assert trl_utils._use_triton(torch.device("cpu"))  # the compact path is the one taken
+                loss = trainer.compute_loss(model, dict(batch))
+        else:
+            loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                        trainer._metrics["train"]["mean_token_accuracy"][-1]))
+    (loss_a, grads_a, acc_a), (loss_b, grads_b, acc_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-6)
+    assert len(grads_a) == len(grads_b) > 0
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert acc_a == acc_b
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored after the block

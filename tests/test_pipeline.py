@@ -63,14 +63,22 @@ def test_smoke_profile_end_to_end(tmp_path):
     run, figures = tmp_path / "run", tmp_path / "figures"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fgrpo_nb.pipeline", "--profile", "smoke", "-p", "run_dir", str(run),
-                           "-p", "figures_dir", str(figures)], cwd=ROOT, env=env, capture_output=True, text=True)
+    # with the cpu profile's seed parts: their sharing of SFT units and run folders is what can race
+    proc = subprocess.run([sys.executable, "-m", "fgrpo_nb.pipeline", "--profile", "smoke", "--seed-parts",
+                           "-p", "run_dir", str(run), "-p", "figures_dir", str(figures)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timings = json.loads((run / "pipeline_timings.json").read_text())  # the smoke budget: benchmarks, not here
-    # the data notebooks, then (two processes) the training notebooks and the sweeps, then 04
-    assert [name[:3] for name in timings] == ["01_", "02_", "03_", "03b", "swe", "swe", "swe", "par", "04_"]
-    assert set(timings) >= {"sweep phase_lambda=0.5", "sweep n=5", "sweep n_positives=3"}
+    # the data notebooks, then (two processes) each seed of notebook 03 and of every sweep, 03b, the
+    # whole notebooks (reporting on every seed), then 04
+    assert list(timings)[:2] == ["01_data_preparation.ipynb", "02_reward_design.ipynb"]
+    assert list(timings)[-2:] == ["parallel", "04_credit_assignment_analysis.ipynb"]
+    wholes = {"03_fgrpo_vs_grpo.ipynb", "sweep phase_lambda=0.5", "sweep n=5", "sweep n_positives=3"}
+    assert set(timings) == {*list(timings)[:2], *list(timings)[-2:], "03b_qa_fgrpo_vs_grpo.ipynb", *wholes,
+                            "sweep n_positives=3 data", *(f"{w} seed {s}" for w in wholes for s in (0, 1))}
+    assert (run / "notebooks" / "parts" / "03_fgrpo_vs_grpo_seed1.ipynb").exists()
+    assert (run / "notebooks" / "03_fgrpo_vs_grpo.ipynb").exists()  # the whole notebook, every seed
     for name in FIGURES:
         for ext in ("png", "pdf"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0
@@ -162,3 +170,74 @@ def test_every_profile_pairs_chat_prompts_with_no_feature_words():
         params = {**defaults, **pipeline.resolve_profile(name)}
         # render_prompt refuses feature words in chat prompts: such a profile would fail in notebook 03
         assert params["style"] != "chat" or params["item_features"] == "none", name
+
+
+def test_seed_parts_train_the_shared_sft_first_then_the_rest_then_the_whole_notebook(tmp_path):
+    first, rest, whole = pipeline.seed_part_tasks("03", max, (7,), [1, 0, 2], 0, tmp_path, needs=("data",))
+    assert [t.name for t in first] == ["03 seed 0"] and [t.name for t in rest] == ["03 seed 1", "03 seed 2"]
+    assert first[0].args == (7, 0) and rest[0].args == (7, 1) and whole.args == (7, None)
+    assert not first[0].ready(set()) and first[0].ready({"data"})  # every task waits for `needs`
+    assert not rest[0].ready({"data"})  # seed 1 starts from seed 0's SFT checkpoint: not there yet
+    done = tmp_path / "train" / "ml-1m" / "seed0" / "sft" / "done.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    assert rest[0].ready({"data"}) and rest[1].ready({"data"})
+    assert not whole.ready({"data", "03 seed 0", "03 seed 1"}) and whole.ready({"data", "03 seed 0", "03 seed 1",
+                                                                                 "03 seed 2"})
+
+
+def test_seed_parts_without_a_shared_sft_or_with_it_outside_the_seeds(tmp_path):
+    first, rest, _ = pipeline.seed_part_tasks("03", max, (), [0, 1], -1, tmp_path)  # an SFT per seed
+    assert [t.name for t in first] == ["03 seed 0", "03 seed 1"] and rest == []
+    assert all(t.ready(set()) for t in first)
+    first, rest, _ = pipeline.seed_part_tasks("03", max, (), [2, 3], 0, tmp_path)  # seed 2's part trains it
+    assert [t.name for t in first] == ["03 seed 2"] and not rest[0].ready(set())
+    waits = lambda seed, finished: "main" in finished  # noqa: E731 - a sweep on the main run's SFT
+    first, rest, _ = pipeline.seed_part_tasks("s", max, (), [0, 1], 0, tmp_path, waits_for_sft=waits)
+    assert first == [] and [t.ready(set()) for t in rest] == [False, False] and rest[1].ready({"main"})
+
+
+def test_run_all_splits_the_cpu_profile_into_seed_parts(tmp_path, monkeypatch):
+    """The task list of the default profile: what gates others first, then 03b, the other parts,
+    the whole notebooks; and timings keyed by task (no training: both runners are stubs)."""
+    calls, captured = [], []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda profile, overrides, notebooks, *a, **k: calls.append(
+        [nb.name[:3] for nb in notebooks]) or {nb.name: 1.0 for nb in notebooks})
+
+    def fake_run_tasks(tasks, jobs, log):
+        captured.extend(tasks)
+        return {t.name: {t.name: 2.0} for t in tasks}
+
+    monkeypatch.setattr(pipeline, "run_tasks", fake_run_tasks)
+    timings = pipeline.run_all("cpu", {"run_dir": str(tmp_path)})
+    assert pipeline.PROFILES["cpu"]["seed_parts"] and not pipeline.PROFILES["smoke"].get("seed_parts")
+    main, qa = "03_fgrpo_vs_grpo.ipynb", "03b_qa_fgrpo_vs_grpo.ipynb"
+    assert [t.name for t in captured] == [
+        f"{main} seed 0", "sweep n_positives=3 data", "sweep n_positives=3 seed 0", qa,
+        f"{main} seed 1", f"{main} seed 2", f"{main} seed 3", "sweep phase_lambda=0.5 seed 0",
+        "sweep phase_lambda=0.5 seed 1", "sweep n_positives=3 seed 1",
+        main, "sweep phase_lambda=0.5", "sweep n_positives=3"]
+    tasks = {t.name: t for t in captured}
+    assert tasks[f"{main} seed 2"].args[-1] == 2 and tasks["sweep n_positives=3 data"].args[-1] == ("01",)
+    assert tasks["sweep n_positives=3 seed 1"].args[-2:] == (("03",), 1)
+    # nothing trained yet: only what needs no one else can start
+    assert {n for n, t in tasks.items() if t.ready(set())} == {f"{main} seed 0", "sweep n_positives=3 data", qa}
+    assert tasks["sweep n_positives=3 seed 0"].ready({"sweep n_positives=3 data"})
+    assert not tasks["sweep phase_lambda=0.5 seed 1"].ready(set()) and tasks["sweep phase_lambda=0.5 seed 1"].ready({main})
+    assert calls == [["01_", "02_"], ["04_"]]
+    assert timings[f"{main} seed 3"] == 2.0 and "parallel" in timings
+    assert json.loads((tmp_path / "pipeline_timings.json").read_text())[main] == 2.0
+
+
+def test_run_all_without_seed_parts_runs_each_notebook_and_sweep_as_one_task(tmp_path, monkeypatch):
+    captured = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: {})
+    monkeypatch.setattr(pipeline, "run_tasks", lambda tasks, jobs, log: captured.extend(tasks) or
+                        {t.name: {t.name: 1.0} for t in tasks})
+    pipeline.run_all("smoke", {"run_dir": str(tmp_path)})  # the smoke profile: two jobs, no parts
+    assert [t.name for t in captured] == ["03_fgrpo_vs_grpo.ipynb", "03b_qa_fgrpo_vs_grpo.ipynb",
+                                          "sweep phase_lambda=0.5", "sweep n=5", "sweep n_positives=3"]
+    ready = {t.name for t in captured if t.ready(set())}
+    assert ready == {"03_fgrpo_vs_grpo.ipynb", "03b_qa_fgrpo_vs_grpo.ipynb", "sweep n=5", "sweep n_positives=3"}
+    assert [t for t in captured if t.name == "sweep phase_lambda=0.5"][0].ready({"03_fgrpo_vs_grpo.ipynb"})
+    assert captured[-1].args[-1] is None  # notebook 01 then 03 in one task: no separate data task
