@@ -448,9 +448,10 @@ def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs
     With `seed_parts` (the profile's, default off) and more than one process, notebook 03 and
     each sweep setting run one task per seed (`seed_part_tasks`): the units are independent,
     and one notebook training every seed in turn was the longest path. Each part and each
-    whole notebook costs a kernel start and imports (~20 s), more than the smoke profile's units. A sweep that keeps SFT starts from the main run's checkpoint,
-    once it is finished; a sweep on a notebook-01 key builds its episodes first. Tasks that
-    others wait for are started first."""
+    whole notebook costs a kernel start and imports (~20 s), more than the smoke profile's
+    units. A sweep that keeps SFT starts from the main run's checkpoint, once it is finished;
+    a sweep on a notebook-01 key builds its episodes first. Tasks that others wait for are
+    started first."""
     from .experiment import SFT_FIELDS
 
     params = resolve_profile(profile, overrides)
