@@ -2,7 +2,7 @@
 
 `torch.multinomial(probs, 1)` on a CPU tensor of shape (64, 4,000) takes about 17 ms on the
 project's 2-core machine, and about 170 ms at SmolLM2's 49,152-token vocabulary; sampling
-calls it once per generated token, so on the tiny model it was about a sixth of an RL step.
+calls it once per generated token, so on the tiny model it was about a seventh of an RL step.
 Inverse-CDF sampling (a cumulative sum, one uniform per row and a binary search) draws from
 the same categorical distribution in a twentieth of the time or less
 (`OMP_NUM_THREADS=1 .venv/bin/python -m fgrpo_nb.sampling` prints both).

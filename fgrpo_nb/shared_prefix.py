@@ -26,7 +26,7 @@ TRL's `generate` call is served by `prefilled_generate`, which prefills each dis
 prompt's first P-1 tokens once and hands the copies to `generate` (measured on the tiny
 model, P=300, R=20, G=8: generation 0.151 s -> 0.068 s a step).
 It also samples with `fgrpo_nb.sampling.fast_multinomial` (inverse-CDF draws from the same
-distribution; torch's CPU multinomial was about a sixth of a tiny-model RL step).
+distribution; torch's CPU multinomial was about a seventh of a tiny-model RL step).
 
 Anything this cannot serve falls back to TRL's path with a one-line warning (once per
 reason): gradient checkpointing in training (recomputed layers would write the cache
@@ -261,7 +261,7 @@ def prefilled_generate(generate, model, input_ids, attention_mask=None, **kwargs
     except SharedPrefixUnsupported as e:
         _warn_once(f"generation: {e}")
         cache_kw, cache = None, None
-    with fast_multinomial():  # torch's sampler was a sixth of a tiny-model RL step (fgrpo_nb.sampling)
+    with fast_multinomial():  # torch's sampler was a seventh of a tiny-model RL step (fgrpo_nb.sampling)
         if cache is None:
             return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return generate(input_ids=input_ids, attention_mask=attention_mask, **{cache_kw: cache}, **kwargs)
