@@ -212,7 +212,7 @@ def run_pipeline(profile: str = "cpu", overrides: dict | None = None,
         name, executed = nb.name, out_dir / nb.name
         if seed is not None:
             for key in (k for k in SEED_LIST_KEYS if k in declared):
-                values = nb_params.get(key, ast.literal_eval(declared[key]["default"]))
+                values = nb_params.get(key, _declared_default(declared, key))
                 nb_params[key] = [s for s in values if s == seed]
             name, executed = f"{nb.name} seed {seed}", out_dir / "parts" / f"{nb.stem}_seed{seed}.ipynb"
             if "figures_dir" in declared:  # a part's figures show one seed: not the run's figures
@@ -408,7 +408,11 @@ def _parameter(params: dict, key: str, notebook: Path | None):
     """A parameter as a notebook will see it: the profile's or override's value, else its default."""
     if key in params or notebook is None:
         return params.get(key)
-    declared = notebook_parameters(notebook)
+    return _declared_default(notebook_parameters(notebook), key)
+
+
+def _declared_default(declared: dict[str, dict], key: str):
+    """The default value a notebook's parameters cell gives `key` (None when it declares none)."""
     return ast.literal_eval(declared[key]["default"]) if key in declared else None
 
 
