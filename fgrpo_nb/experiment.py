@@ -73,6 +73,22 @@ class ExperimentConfig:
     eval_batch_size: int = 128
     extra: dict = field(default_factory=dict)  # anything else passed to the GRPO config
 
+    def __post_init__(self):
+        # A word-level rollout is n + k labels, four tags and the end token. A shorter budget
+        # cuts every full rollout, which then scores as invalid: a silent zero, not a result.
+        if self.style in WORD_STYLES and self.max_completion_length < full_rollout_tokens(self.n, self.k):
+            raise ValueError(f"max_completion_length={self.max_completion_length} cannot hold a full rollout at "
+                             f"n={self.n}, k={self.k}: it needs {full_rollout_tokens(self.n, self.k)} tokens "
+                             f"(labels, tags and the end token) with style {self.style!r}")
+
+
+WORD_STYLES = ("ids", "slots")  # one token per label and tag (the tiny model's word-level tokenizer)
+
+
+def full_rollout_tokens(n: int, k: int) -> int:
+    """Tokens of a full word-level rollout: n slate and k ranking labels, 4 tags, end token."""
+    return n + k + 4 + 1
+
 
 # ---------------------------------------------------------------- data → records
 

@@ -72,7 +72,9 @@ PROFILES: dict[str, dict] = {
         # setting improved on SFT; from one both methods raise validity, Hit@1 and NDCG@5
         "sft_epochs": 1.0,
         "sft_lr": 3e-3,
-        "sft_seed": 0,
+        # an SFT per seed, so the seed interval covers the start: two runs sharing one start, whose
+        # checkpoints differed by float rounding, gave different verdicts (README)
+        "sft_seed": -1,
         # RL tuned on validation users (benchmarks/tune_rl.py, README): 1e-3 collapsed the slates
         "rl_steps": 150,
         "prompts_per_step": 8,
@@ -81,11 +83,12 @@ PROFILES: dict[str, dict] = {
         "phase_lambda": 1.0,
         "n": 10,
         "k": 5,
+        "max_completion_length": 25,  # a full rollout at the slate-size sweep's n=15 (ExperimentConfig)
         "n_eval": 1000,
         # the zero-shot SmolLM2 rows wrote no valid rollout on 20 users (README) and cost minutes:
         # the gpu profile runs them
         "baselines": ["random", "popularity", "sasrec"],
-        "decoupled_seeds": [],  # two more SFTs per seed: over the 45-minute budget (smoke runs them)
+        "decoupled_seeds": [],  # two more SFTs and RLs per seed: over the 45-minute budget (smoke runs them)
         # 03b: SmolLM2 on HotpotQA, one seed, sized to about 11 minutes (pilot table in 03b):
         # 64 SFT updates of batch 1 reach valid rollouts; the shared prompt prefix makes 20 RL
         # steps per method affordable
@@ -100,10 +103,9 @@ PROFILES: dict[str, dict] = {
         "qa_n_test": 40,
         "qa_n_val": 0,
         "n_bootstrap": 2000,
-        # lambda from the main run's SFT checkpoint; the multi-positive variant (the next 3 items
-        # relevant: its own episodes and SFT); two seeds each. A slate-size sweep needs an SFT per
-        # size: over the budget, so the gpu profile's
-        "sweeps": {"phase_lambda": [0.5], "n_positives": [3]},
+        # lambda from the main run's SFT checkpoints; the multi-positive variant (the next 3 items
+        # relevant: its own episodes and SFTs); slate sizes 5 and 15 (an SFT each); two seeds each
+        "sweeps": {"phase_lambda": [0.5], "n_positives": [3], "n": [5, 15]},
         "sweep_overrides": {"seeds": [0, 1], "baselines": [], "decoupled_seeds": []},
         "jobs": 2,  # 03, 03b and the sweeps on two processes, one per core
         "seed_parts": True,  # ... each seed a task of its own (run_all): 03 alone was the longest path
@@ -454,8 +456,8 @@ def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs
     and one notebook training every seed in turn was the longest path. Each part and each
     whole notebook costs a kernel start and imports (~20 s), more than the smoke profile's
     units. A sweep that keeps SFT starts from the main run's checkpoint, once it is finished;
-    a sweep on a notebook-01 key builds its episodes first. Tasks that others wait for are
-    started first."""
+    a sweep on a notebook-01 key builds its episodes first. Unsplit notebooks (03b) start
+    first, then the tasks others wait for."""
     from .experiment import SFT_FIELDS
 
     params = resolve_profile(profile, overrides)
@@ -471,7 +473,9 @@ def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs
     sft_seed = _parameter(params, "sft_seed", main)
     seeds = _parameter(params, "seeds", main) or []
     split = jobs > 1 and bool(params.get("seed_parts", False) if seed_parts is None else seed_parts)
-    gates, others, parts, wholes = [], [], [], []  # started in this order when ready (run_tasks)
+    # started in this order when ready (run_tasks): whole notebooks such as 03b first, the longest
+    # single tasks, so they do not end the stage alone; then what others wait for (SFTs, episodes)
+    others, gates, parts, wholes = [], [], [], []
     for nb in training:
         args = (profile, overrides, [nb], print, False)
         if nb is main and split and len(seeds) > 1:
@@ -506,7 +510,7 @@ def run_all(profile: str = "cpu", overrides: dict | None = None, log=print, jobs
                     task.ready = lambda finished, needs=needs, waits=waits: (
                         set(needs) <= finished and (waits is None or waits(None, finished)))
                 others.append(task)
-    tasks = gates + others + parts + wholes
+    tasks = others + gates + parts + wholes
     start = time.perf_counter()
     results = run_tasks(tasks, jobs, log)
     parallel = round(time.perf_counter() - start, 1)

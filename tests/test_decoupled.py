@@ -128,7 +128,7 @@ def test_run_decoupled_end_to_end_and_resumes(tmp_path):
 
     episodes = build_episodes("ml-1m", n_train=16, n_val=4, n_test=4)
     cfg = ExperimentConfig(tiny_hidden=32, tiny_layers=1, sft_episodes=16, sft_batch_size=8, rl_steps=2,
-                           prompts_per_step=2, group_size=2, max_completion_length=16, eval_batch_size=8)
+                           prompts_per_step=2, group_size=2, max_completion_length=20, eval_batch_size=8)
     teacher = lambda ep: ep.pool_ids  # noqa: E731
     results = run_decoupled(cfg, episodes, teacher, tmp_path, seed=0, eval_splits=("test",), log=lambda *_: None)
     assert set(results) == {"Decoupled SFT", "Decoupled RL"}

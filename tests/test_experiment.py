@@ -124,3 +124,21 @@ def test_sft_scoring_completion_positions_only_keeps_loss_and_gradients(tmp_path
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert acc_a == acc_b
     assert not trl_utils._use_triton(torch.device("cpu"))  # restored after the block
+
+
+@pytest.mark.parametrize("style", ["slots", "ids"])
+def test_full_rollout_budget_is_the_sft_targets_token_count_and_a_shorter_one_is_refused(style):
+    from fgrpo_nb.experiment import full_rollout_tokens
+    from fgrpo_nb.models import build_word_tokenizer
+
+    ep = _episode()
+    tokenizer = build_word_tokenizer(tiny_vocab([ep]))
+    for n, k in [(3, 2), (5, 5), (6, 1)]:
+        completion = sft_records([ep], lambda e: e.pool_ids, ExperimentConfig(n=n, k=k, style=style), seed=0)[0]
+        ids = tokenizer(completion["completion"], add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert len(ids) + 1 == full_rollout_tokens(n, k)  # + the end token TRL appends to SFT targets
+    assert full_rollout_tokens(15, 5) == 25  # the cpu profile's largest slate-size sweep value
+    with pytest.raises(ValueError, match="needs 25 tokens"):
+        ExperimentConfig(n=15, k=5, style=style, max_completion_length=24)
+    ExperimentConfig(n=15, k=5, style="chat", max_completion_length=24)  # subword tokens: not counted

@@ -10,7 +10,7 @@ from notebook_runner import run_notebook
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_fgrpo_vs_grpo.ipynb"
 SMALL = dict(seeds=[0], baselines=["random", "popularity"], decoupled_seeds=[], sft_episodes=32, rl_steps=2, n_eval=8, prompts_per_step=2, group_size=4,
-             max_completion_length=16)
+             max_completion_length=20)  # a full rollout at n=10, k=5: 20 tokens
 
 
 @pytest.mark.slow

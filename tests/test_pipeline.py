@@ -89,13 +89,15 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert list(table.columns) == ["dataset", "method", "metric", "mean", "ci_low", "ci_high", "n_seeds"]
     assert {"F-GRPO", "GRPO", "SFT", "Decoupled SFT", "Decoupled RL", "Random", "Popularity"} <= set(table["method"])
     rl_rows = table[table["method"].isin(["F-GRPO", "GRPO"]) & (table["dataset"] == "ml-1m")]
-    assert set(rl_rows["n_seeds"]) == {2}  # both smoke seeds; SFT is one shared checkpoint (sft_seed)
+    sft_rows = table[(table["method"] == "SFT") & (table["dataset"] == "ml-1m")]
+    assert set(rl_rows["n_seeds"]) == {2} and set(sft_rows["n_seeds"]) == {2}  # an SFT per seed (sft_seed=-1)
     assert (figures / "main_results.md").exists() and (figures / "main_results.tex").exists()
     print(f"smoke pipeline wall time: {wall:.0f} s; per part: {timings}")
-    # a lambda sweep starts from the main run's SFT checkpoint; a slate-size sweep trains its own
-    main_sft = run / "train" / "ml-1m" / "seed0" / "sft"
-    assert (run / "sweeps" / "phase_lambda_0.5" / main_sft.relative_to(run) / "done.json").read_text() == \
-        (main_sft / "done.json").read_text()
+    # a lambda sweep starts from the main run's SFT checkpoint of each seed; a slate-size sweep trains its own
+    for seed in (0, 1):
+        main_sft = run / "train" / "ml-1m" / f"seed{seed}" / "sft"
+        assert (run / "sweeps" / "phase_lambda_0.5" / main_sft.relative_to(run) / "done.json").read_text() == \
+            (main_sft / "done.json").read_text()
     assert json.loads((run / "sweeps" / "n_5" / main_sft.relative_to(run) / "done.json").read_text())["config"]["n"] == 5
     # the multi-positive variant built its own episodes (three relevant items each) and SFT
     multi = run / "sweeps" / "n_positives_3"
@@ -198,8 +200,10 @@ def test_seed_parts_without_a_shared_sft_or_with_it_outside_the_seeds(tmp_path):
 
 
 def test_run_all_splits_the_cpu_profile_into_seed_parts(tmp_path, monkeypatch):
-    """The task list of the default profile: what gates others first, then 03b, the other parts,
-    the whole notebooks; and timings keyed by task (no training: both runners are stubs)."""
+    """The task list of the default profile: 03b first (the longest single task), then what
+    others wait for and every part with an SFT of its own (an SFT per seed: sft_seed=-1), the
+    parts on the main run's SFTs, the whole notebooks; and timings keyed by task (no training:
+    both runners are stubs)."""
     calls, captured = [], []
     monkeypatch.setattr(pipeline, "run_pipeline", lambda profile, overrides, notebooks, *a, **k: calls.append(
         [nb.name[:3] for nb in notebooks]) or {nb.name: 1.0 for nb in notebooks})
@@ -213,17 +217,28 @@ def test_run_all_splits_the_cpu_profile_into_seed_parts(tmp_path, monkeypatch):
     assert pipeline.PROFILES["cpu"]["seed_parts"] and not pipeline.PROFILES["smoke"].get("seed_parts")
     main, qa = "03_fgrpo_vs_grpo.ipynb", "03b_qa_fgrpo_vs_grpo.ipynb"
     assert [t.name for t in captured] == [
-        f"{main} seed 0", "sweep n_positives=3 data", "sweep n_positives=3 seed 0", qa,
-        f"{main} seed 1", f"{main} seed 2", f"{main} seed 3", "sweep phase_lambda=0.5 seed 0",
-        "sweep phase_lambda=0.5 seed 1", "sweep n_positives=3 seed 1",
-        main, "sweep phase_lambda=0.5", "sweep n_positives=3"]
+        qa, f"{main} seed 0", f"{main} seed 1", f"{main} seed 2", f"{main} seed 3",
+        "sweep n_positives=3 data", "sweep n_positives=3 seed 0", "sweep n_positives=3 seed 1",
+        "sweep n=5 seed 0", "sweep n=5 seed 1", "sweep n=15 seed 0", "sweep n=15 seed 1",
+        "sweep phase_lambda=0.5 seed 0", "sweep phase_lambda=0.5 seed 1",
+        main, "sweep phase_lambda=0.5", "sweep n_positives=3", "sweep n=5", "sweep n=15"]
     tasks = {t.name: t for t in captured}
     assert tasks[f"{main} seed 2"].args[-1] == 2 and tasks["sweep n_positives=3 data"].args[-1] == ("01",)
     assert tasks["sweep n_positives=3 seed 1"].args[-2:] == (("03",), 1)
-    # nothing trained yet: only what needs no one else can start
-    assert {n for n, t in tasks.items() if t.ready(set())} == {f"{main} seed 0", "sweep n_positives=3 data", qa}
-    assert tasks["sweep n_positives=3 seed 0"].ready({"sweep n_positives=3 data"})
-    assert not tasks["sweep phase_lambda=0.5 seed 1"].ready(set()) and tasks["sweep phase_lambda=0.5 seed 1"].ready({main})
+    assert tasks["sweep n=15 seed 1"].args[2:4] == ("n", 15)
+    # nothing trained yet: every part with its own SFT can start, the multi-positive ones after their episodes
+    assert {n for n, t in tasks.items() if t.ready(set())} == {
+        qa, "sweep n_positives=3 data", *(f"{main} seed {s}" for s in range(4)),
+        *(f"sweep n={n} seed {s}" for n in (5, 15) for s in (0, 1))}
+    assert tasks["sweep n_positives=3 seed 1"].ready({"sweep n_positives=3 data"})
+    # lambda's seed 1 starts from the main run's seed-1 SFT (an SFT per seed), not seed 0's
+    lam1 = tasks["sweep phase_lambda=0.5 seed 1"]
+    assert not lam1.ready(set()) and lam1.ready({main})
+    for seed in (0, 1):
+        done = tmp_path / "train" / "ml-1m" / f"seed{seed}" / "sft" / "done.json"
+        done.parent.mkdir(parents=True)
+        done.write_text("{}")
+        assert lam1.ready(set()) == (seed == 1)
     assert calls == [["01_", "02_"], ["04_"]]
     assert timings[f"{main} seed 3"] == 2.0 and "parallel" in timings
     assert json.loads((tmp_path / "pipeline_timings.json").read_text())[main] == 2.0
