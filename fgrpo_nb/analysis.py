@@ -416,6 +416,14 @@ def hold_fixed(data: pd.DataFrame, hold: Sequence[str]) -> pd.DataFrame:
     return data
 
 
+def clipped_error_bars(mean, low, high, bounds: tuple[float, float] = (0.0, 1.0)) -> list[np.ndarray]:
+    """`errorbar` lengths (below, above) of intervals clipped to the quantity's range: a
+    t-interval over two seeds reaches past a rate's 0 or 1, where no run can be. Only the
+    drawing is clipped; tables and notes keep the interval as computed."""
+    mean, low, high = (np.asarray(v, dtype=float) for v in (mean, low, high))
+    return [np.maximum(mean - np.clip(low, *bounds), 0.0), np.maximum(np.clip(high, *bounds) - mean, 0.0)]
+
+
 def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence[str], name: str,
                   split: str, hold: Sequence[str] = ()) -> Result:
     import matplotlib.pyplot as plt
@@ -437,11 +445,11 @@ def _sweep_figure(run_dir, dataset: str, key: str, label: str, metrics: Sequence
         for method in ordered_methods(part["method"]):
             p = part[part["method"] == method].sort_values(key)
             color = _colors([method])[0]
-            ax.errorbar(p[key], p["mean"], yerr=[p["mean"] - p["ci_low"], p["ci_high"] - p["mean"]], color=color,
-                        marker="o", capsize=3, label=method)
+            ax.errorbar(p[key], p["mean"], yerr=clipped_error_bars(p["mean"], p["ci_low"], p["ci_high"]),
+                        color=color, marker="o", capsize=3, label=method)
         ax.set_xticks(values)
         ax.set_xlabel(label)
-        ax.set_ylabel(f"{metric} ({split}, mean over seeds, 95% CI)")
+        ax.set_ylabel(f"{metric} ({split}, mean over seeds,\n95% CI clipped to [0, 1])")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{dataset}: sensitivity to {label}", fontsize=10)
@@ -512,21 +520,25 @@ def conflict_vs_gain(run_dir, split: str = "test", metrics: Sequence[str] = ("N@
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
     markers = "osD^v<>p*h"
     settings = list(dict.fromkeys(data["setting"]))
+    # colour tells settings apart here (every point is one F-GRPO - GRPO gain); Dark2 avoids
+    # the methods' red and blue, which mean a method in every other figure
+    palette = plt.get_cmap("Dark2").colors
     for ax, metric in zip(axes[0], metrics):
         part = data[data["metric"] == metric]
         for i, setting in enumerate(settings):
             p = part[part["setting"] == setting]
             if len(p):
-                ax.errorbar(p["conflict"], p["gain"], xerr=[p["conflict"] - p["conflict_low"],
-                                                             p["conflict_high"] - p["conflict"]],
-                            yerr=[p["gain"] - p["gain_low"], p["gain_high"] - p["gain"]], fmt=markers[i % 10],
-                            color=_colors(["F-GRPO"])[0], capsize=3, label=setting)
+                ax.errorbar(p["conflict"], p["gain"],
+                            xerr=clipped_error_bars(p["conflict"], p["conflict_low"], p["conflict_high"]),
+                            yerr=clipped_error_bars(p["gain"], p["gain_low"], p["gain_high"], (-1.0, 1.0)),
+                            fmt=markers[i % 10], color=palette[i % len(palette)], capsize=3, label=setting)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel("GRPO's advantage-conflict rate (share of tokens)")
         ax.set_ylabel(f"F-GRPO - GRPO, {metric} ({split})")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, title="setting", title_fontsize=7)
-    fig.suptitle("When does factorising the advantage pay? (95% CIs over seeds)", fontsize=10)
+    fig.suptitle("When does factorising the advantage pay? (95% CIs over seeds, clipped to each quantity's range)",
+                 fontsize=10)
     fig.tight_layout()
     notes = []
     for metric in metrics:

@@ -277,3 +277,13 @@ def test_conflict_vs_gain_note_reports_r_without_the_extreme_setting(monkeypatch
     r_all = np.corrcoef(conflict, gain)[0, 1]
     assert result.notes[0] == (f"N@1: across 5 settings, gain and conflict rate correlate at r = {r_all:+.2f}; "
                                "without the highest-conflict setting (s4) r = -1.00.")
+
+
+def test_error_bars_are_clipped_to_the_quantitys_range_only_where_the_interval_leaves_it():
+    from fgrpo_nb.analysis import clipped_error_bars
+
+    below, above = clipped_error_bars([0.3, 0.9, 0.5], [-0.7, 0.8, 0.4], [1.4, 1.2, 0.6])
+    assert below.tolist() == pytest.approx([0.3, 0.1, 0.1])  # the first reached -0.7: drawn down to 0
+    assert above.tolist() == pytest.approx([0.7, 0.1, 0.1])  # the first two reached past 1: drawn up to 1
+    below, above = clipped_error_bars([0.2], [-1.5], [0.9], (-1.0, 1.0))  # a gain lies in [-1, 1]
+    assert below.tolist() == pytest.approx([1.2]) and above.tolist() == pytest.approx([0.7])
