@@ -88,7 +88,9 @@ PROFILES: dict[str, dict] = {
         # the zero-shot SmolLM2 rows wrote no valid rollout on 20 users (README) and cost minutes:
         # the gpu profile runs them
         "baselines": ["random", "popularity", "sasrec"],
-        "decoupled_seeds": [],  # two more SFTs and RLs per seed: over the 45-minute budget (smoke runs them)
+        # the Decoupled SFT / RL rows on one seed: a selector and a ranker, each an SFT and an RL
+        # run (two seeds' worth would pass the 45-minute budget)
+        "decoupled_seeds": [0],
         # 03b: SmolLM2 on HotpotQA, one seed, sized to about 11 minutes (pilot table in 03b):
         # 64 SFT updates of batch 1 reach valid rollouts; the shared prompt prefix makes 20 RL
         # steps per method affordable
