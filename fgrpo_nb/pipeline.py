@@ -91,7 +91,8 @@ PROFILES: dict[str, dict] = {
         # the Decoupled SFT / RL rows on one seed: a selector and a ranker, each an SFT and an RL
         # run (two seeds' worth would pass the 45-minute budget)
         "decoupled_seeds": [0],
-        # 03b: SmolLM2 on HotpotQA, one seed, sized to about 11 minutes on a slow day (pilot table in 03b; 514 s in the README run):
+        # 03b: SmolLM2 on HotpotQA, one seed, sized to about 11 minutes on a slow day (pilot table in
+        # 03b; 514 s in the README run):
         # 64 SFT updates of batch 1 reach valid rollouts; the shared prompt prefix makes 20 RL
         # steps per method affordable
         "qa_seeds": [0],
