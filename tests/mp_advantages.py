@@ -37,6 +37,11 @@ def main(out: Path, per_device: int) -> None:
     rank = trainer.accelerator.process_index
     torch.save({"rows": rows, "metrics": metrics, "num_processes": trainer.accelerator.num_processes},
                out / f"rank{rank}.pt")
+    # shut gloo down before the interpreter does: once, a rank whose work was done aborted at exit
+    # ("terminate called without an active exception", exit code -6) and failed the launch
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
